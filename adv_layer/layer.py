@@ -1,0 +1,222 @@
+"""`AdversarialTransform`: the defense of Xiao & Zheng (CVPR 2020) as a Keras layer."""
+
+import keras
+import tensorflow as tf
+
+from adv_layer import transform
+
+
+def require_tensorflow_backend(owner):
+  """Raises if Keras does not run on TensorFlow.
+
+  Args:
+    owner: name of the caller, for the message.
+
+  Raises:
+    RuntimeError: on any other Keras backend.
+  """
+  backend = keras.backend.backend()
+  if backend != "tensorflow":
+    raise RuntimeError(
+        f"{owner} needs the TensorFlow Keras backend (set KERAS_BACKEND=tensorflow). "
+        f"Received: keras.backend.backend()={backend!r}")
+
+
+def ends_in_softmax(model):
+  """Whether `model`'s last layer applies a softmax (probabilities, not logits)."""
+  layers = getattr(model, "layers", None)
+  last = layers[-1] if layers else model
+  if isinstance(last, keras.layers.Softmax):
+    return True
+  activation = getattr(last, "activation", None)
+  return getattr(activation, "__name__", "") == "softmax"
+
+
+@keras.saving.register_keras_serializable(package="adv_layer")
+class AdversarialTransform(keras.layers.Layer):
+  """Moves each input to an adversarial example of a frozen model f_b.
+
+  Implements g(x) of Xiao & Zheng, "Resisting Adversarial Examples by
+  Adversarial Examples" (CVPR 2020), Sec. 3.2: least-likely-class PGD on f_b
+  from a random start inside a large L∞ ball (Δ = 0.2 on [0, 1] images). Put it
+  in front of any classifier f_a; the model is then f_a(g(x)).
+
+  Unlike Keras' random preprocessing layers, the transform runs in training
+  *and* inference (`training` is ignored; it is a defense, not augmentation),
+  and f_b is always called with `training=False` (batch norm in inference
+  mode). f_b stays frozen even when the outer model is set trainable. The
+  output carries no gradient path to the input; attacks build their own
+  (`attacks.estimators`). The loop runs in float32 whatever the layer's dtype
+  policy; the output is cast to the layer's compute dtype.
+
+  Args:
+    f_b: a built Keras model mapping images to logits (not probabilities).
+    epsilon: L∞ radius Δ of the transform.
+    steps: number N of LL-PGD steps.
+    step_size: step of each signed step; None means `epsilon / 6`.
+    target: `"least_likely"` (paper), `"untargeted"` or `"random"`.
+    random_start: start from x + U[-Δ, Δ] noise (paper) or from x.
+    value_range: `(low, high)` of valid pixel values.
+    seed: integer seed of the random start; None draws one.
+    **kwargs: base layer arguments (`name`, `dtype`, ...).
+
+  Input shape:
+    `(batch, *f_b.input_shape[1:])`, float, values inside `value_range`.
+
+  Output shape:
+    Same as the input.
+
+  Raises:
+    ValueError: for hyperparameters out of their domain, an f_b that is not a
+      Keras model or ends in a softmax.
+    RuntimeError: on a non-TensorFlow Keras backend.
+
+  Example:
+    >>> f_b = adv_layer.models.small_vgg()   # pretrained, logits out
+    >>> model = keras.Sequential([
+    ...     keras.Input((32, 32, 3)),
+    ...     adv_layer.AdversarialTransform(f_b, epsilon=0.2, steps=13, seed=0),
+    ...     adv_layer.models.resnet18()])
+    >>> model.compile("sgd", "sparse_categorical_crossentropy")
+  """
+
+  def __init__(self,
+               f_b,
+               epsilon=0.2,
+               steps=13,
+               step_size=None,
+               target="least_likely",
+               random_start=True,
+               value_range=(0.0, 1.0),
+               seed=None,
+               **kwargs):
+    require_tensorflow_backend("AdversarialTransform")
+    super().__init__(**kwargs)
+    if not isinstance(f_b, keras.Model):
+      raise ValueError(f"`f_b` must be a keras.Model. Received: f_b={f_b!r}")
+    if ends_in_softmax(f_b):
+      raise ValueError(
+          "`f_b` must return logits, but its last layer applies a softmax; drop "
+          f"the softmax. Received: f_b={f_b.name!r}")
+    self.step_size = transform.validate_transform_args(
+        epsilon, steps, step_size, target, value_range)
+    self.f_b = f_b
+    self.f_b.trainable = False
+    self.epsilon = float(epsilon)
+    self.steps = int(steps)
+    self.target = target
+    self.random_start = bool(random_start)
+    self.value_range = (float(value_range[0]), float(value_range[1]))
+    self.seed = seed
+    self.seed_generator = keras.random.SeedGenerator(seed)
+    # Set by `attacks.estimators.use_estimator` while an attack runs: a
+    # callable (layer, x) -> g(x) with a differentiable backward pass.
+    self.gradient_estimator = None
+
+  @property
+  def trainable(self):
+    return self._trainable
+
+  @trainable.setter
+  def trainable(self, value):
+    keras.layers.Layer.trainable.fset(self, value)
+    # The outer model's setter cascades into nested layers: f_b stays frozen.
+    if hasattr(self, "f_b"):
+      self.f_b.trainable = False
+
+  def build(self, input_shape):
+    expected = tuple(self.f_b.input_shape[1:]) if self.f_b.inputs else None
+    received = tuple(input_shape[1:])
+    if expected is not None and any(
+        e is not None and r is not None and e != r
+        for e, r in zip(expected, received)) or (
+            expected is not None and len(expected) != len(received)):
+      raise ValueError(
+          "Input shape does not match f_b's input shape "
+          f"{(None,) + expected}. Received: input_shape={tuple(input_shape)}")
+    if not self.f_b.built:
+      self.f_b.build(input_shape)
+    self.built = True
+
+  def compute_output_shape(self, input_shape):
+    return input_shape
+
+  def _checked_inputs(self, inputs):
+    dtype = tf.as_dtype(inputs.dtype)
+    if not dtype.is_floating:
+      raise TypeError(
+          "AdversarialTransform expects float images with values in "
+          f"{self.value_range}; convert integer images first (e.g. x / 255). "
+          f"Received: inputs.dtype={dtype.name}")
+    x = tf.cast(inputs, tf.float32)
+    low, high = self.value_range
+    x_min, x_max = tf.reduce_min(x), tf.reduce_max(x)
+    check = tf.debugging.Assert(
+        tf.logical_and(x_min >= low, x_max <= high),
+        [f"AdversarialTransform inputs must lie in value_range={self.value_range}. "
+         "Received: inputs min, max =", x_min, x_max])
+    with tf.control_dependencies([check]):
+      return tf.identity(x)
+
+  def call(self, inputs, training=None):
+    """Returns g(inputs); `training` is ignored (the transform always runs)."""
+    del training  # The defense runs in training and in inference alike.
+    x = self._checked_inputs(inputs)
+    if self.gradient_estimator is not None:
+      return tf.cast(self.gradient_estimator(self, x), self.compute_dtype)
+    outputs = self.transform(x)
+    return tf.stop_gradient(tf.cast(outputs, self.compute_dtype))
+
+  def transform(self, x, **overrides):
+    """Runs g on float32 images with this layer's settings.
+
+    Args:
+      x: float32 images in `value_range`.
+      **overrides: keyword arguments of `adv_layer.ll_pgd` that replace the
+        layer's own (e.g. `noise`, `sign_fn`, `project_fn`, `steps`).
+
+    Returns:
+      g(x), float32, with whatever gradient path `ll_pgd` gives.
+    """
+    kwargs = dict(
+        epsilon=self.epsilon,
+        steps=self.steps,
+        step_size=self.step_size,
+        target=self.target,
+        random_start=self.random_start,
+        value_range=self.value_range,
+        seed=self.seed_generator)
+    kwargs.update(overrides)
+    return transform.ll_pgd(self.f_b, x, **kwargs)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update({
+        "f_b": keras.saving.serialize_keras_object(self.f_b),
+        "epsilon": self.epsilon,
+        "steps": self.steps,
+        "step_size": self.step_size,
+        "target": self.target,
+        "random_start": self.random_start,
+        "value_range": list(self.value_range),
+        "seed": self.seed,
+    })
+    return config
+
+  @classmethod
+  def from_config(cls, config):
+    config = dict(config)
+    config["f_b"] = keras.saving.deserialize_keras_object(config["f_b"])
+    config["value_range"] = tuple(config["value_range"])
+    return cls(**config)
+
+
+def find_transforms(model):
+  """Returns every `AdversarialTransform` inside `model`, depth first."""
+  found = []
+  for layer in getattr(model, "layers", []):
+    if isinstance(layer, AdversarialTransform):
+      found.append(layer)
+    elif isinstance(layer, keras.Model):
+      found.extend(find_transforms(layer))
+  return found

@@ -1,0 +1,204 @@
+"""The adversarial transformation g(x) of Xiao & Zheng (CVPR 2020), Sec. 3.2.
+
+One pure function, `ll_pgd`, runs the LL-PGD loop of eqs. (2)-(3):
+
+    x'_0 = Π[x + δ],            δ ~ U[-Δ, Δ] per pixel (random start)
+    x'_t = Π[x'_{t-1} - ε · sign(∇ ℓ(f_b(x'_{t-1}), y_LL))],   t = 1..N
+
+where Π projects onto the L∞ ball of radius Δ around x intersected with the
+value range, and y_LL = argmin f_b(x) is f_b's least-likely class for the
+clean input. The layer (`adv_layer.layer`) calls it, and the attacks reuse it
+with the two non-differentiable operators (`sign_fn`, `project_fn`) swapped for
+smooth surrogates, so the defense and its attacks cannot drift apart.
+"""
+
+import numbers
+
+import keras
+import tensorflow as tf
+
+TARGETS = ("least_likely", "untargeted", "random")
+
+
+def validate_transform_args(epsilon, steps, step_size, target, value_range):
+  """Checks the transform's hyperparameters and resolves the step size.
+
+  Args:
+    epsilon: L∞ radius Δ of the transform; must be > 0.
+    steps: number N of LL-PGD steps; an integer >= 1.
+    step_size: step ε of each signed step, or None for `epsilon / 6` (paper).
+    target: one of `TARGETS`.
+    value_range: `(low, high)` of valid pixel values, `low < high`.
+
+  Returns:
+    The step size as a float.
+
+  Raises:
+    ValueError: if any argument is out of its domain, naming it and its value.
+  """
+  if not isinstance(epsilon, numbers.Real) or not epsilon > 0:
+    raise ValueError(f"`epsilon` must be a number > 0. Received: epsilon={epsilon!r}")
+  if (isinstance(steps, bool) or not isinstance(steps, numbers.Integral)
+      or steps < 1):
+    raise ValueError(f"`steps` must be an integer >= 1. Received: steps={steps!r}")
+  if step_size is None:
+    step_size = epsilon / 6.0
+  if not isinstance(step_size, numbers.Real) or not step_size > 0:
+    raise ValueError(
+        f"`step_size` must be a number > 0 or None. Received: step_size={step_size!r}")
+  if target not in TARGETS:
+    raise ValueError(f"`target` must be one of {TARGETS}. Received: target={target!r}")
+  if (not isinstance(value_range, (tuple, list)) or len(value_range) != 2
+      or not value_range[0] < value_range[1]):
+    raise ValueError(
+        "`value_range` must be a pair (low, high) with low < high. "
+        f"Received: value_range={value_range!r}")
+  return float(step_size)
+
+
+def project(x_adv, x, epsilon, value_range):
+  """Projects onto {x' : ‖x' − x‖∞ ≤ epsilon} ∩ value range (the exact Π).
+
+  Args:
+    x_adv: candidate images.
+    x: centre images, same shape.
+    epsilon: L∞ radius.
+    value_range: `(low, high)`.
+
+  Returns:
+    The projected images.
+  """
+  x_adv = tf.clip_by_value(x_adv, x - epsilon, x + epsilon)
+  return tf.clip_by_value(x_adv, value_range[0], value_range[1])
+
+
+def uniform_noise(shape, epsilon, seed=None):
+  """Draws the random start δ ~ U[-epsilon, epsilon].
+
+  Args:
+    shape: shape of δ.
+    epsilon: half-width of the interval.
+    seed: None (a fresh draw on every run), an integer (the same draw every
+      time), or a `keras.random.SeedGenerator` (a new, reproducible draw per call).
+
+  Returns:
+    A float32 tensor of the given shape.
+  """
+  if seed is None:
+    return tf.random.uniform(shape, -epsilon, epsilon, dtype=tf.float32)
+  return keras.random.uniform(shape, -epsilon, epsilon, dtype="float32", seed=seed)
+
+
+def target_labels(logits, target, seed=None):
+  """Labels the inner loop steers toward (or away from) and the step direction.
+
+  Args:
+    logits: f_b's logits on the clean input, shape `(batch, classes)`.
+    target: one of `TARGETS`.
+    seed: seed for the `"random"` mode (see `uniform_noise`).
+
+  Returns:
+    `(labels, direction)`: int32 labels and +1.0 (ascend the loss, untargeted)
+    or -1.0 (descend it, targeted).
+  """
+  if target == "least_likely":
+    return tf.argmin(logits, axis=-1, output_type=tf.int32), -1.0
+  predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
+  if target == "untargeted":
+    return predicted, 1.0
+  num_classes = tf.shape(logits)[-1]
+  shift_shape = tf.shape(predicted)
+  if seed is None:
+    shift = tf.random.uniform(shift_shape, 1, num_classes, dtype=tf.int32)
+  else:
+    shift = tf.cast(
+        keras.random.randint(shift_shape, 1, num_classes, dtype="int32", seed=seed),
+        tf.int32)
+  return (predicted + shift) % num_classes, -1.0
+
+
+def logits_float32(f_b, x):
+  """Calls f_b in inference mode and returns float32 logits."""
+  return tf.cast(f_b(x, training=False), tf.float32)
+
+
+def input_gradient(f_b, x_adv, labels):
+  """∇_x Σ_i ℓ(f_b(x_i), labels_i) with ℓ the softmax cross-entropy.
+
+  Only the input is watched: no gradient reaches f_b's weights.
+
+  Args:
+    f_b: the frozen model (logits out).
+    x_adv: float32 images.
+    labels: int32 labels.
+
+  Returns:
+    The gradient, same shape as `x_adv`.
+  """
+  with tf.GradientTape() as tape:
+    tape.watch(x_adv)
+    loss = tf.reduce_sum(
+        tf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels=labels, logits=logits_float32(f_b, x_adv)))
+  return tape.gradient(loss, x_adv)
+
+
+def ll_pgd(f_b,
+           x,
+           epsilon=0.2,
+           steps=13,
+           step_size=None,
+           target="least_likely",
+           random_start=True,
+           value_range=(0.0, 1.0),
+           seed=None,
+           noise=None,
+           sign_fn=tf.sign,
+           project_fn=project):
+  """Runs the adversarial transformation g(x) (paper eqs. (2)-(3)).
+
+  Args:
+    f_b: a Keras model returning logits; called with `training=False`.
+    x: float images in `value_range`, shape `(batch, ...)`.
+    epsilon: L∞ radius Δ (paper: 0.2 for [0, 1] images).
+    steps: number N of signed steps (paper: 13).
+    step_size: step ε; None means `epsilon / 6` (paper).
+    target: `"least_likely"` (paper: descend the loss toward argmin f_b(x)),
+      `"untargeted"` (ascend the loss of f_b's predicted class, as in the
+      authors' notebook) or `"random"` (descend toward a random class other
+      than the predicted one).
+    random_start: start at x + δ, δ ~ U[-Δ, Δ]; False starts at x.
+    value_range: `(low, high)` of valid pixel values; every iterate stays in it.
+    seed: seed of the random start and of the `"random"` target (see
+      `uniform_noise`).
+    noise: optional explicit δ, same shape as `x`; overrides the random draw
+      (used by attacks that must replay one draw). Ignored when
+      `random_start=False`.
+    sign_fn: the sign operator; attacks pass a smooth surrogate.
+    project_fn: `(x_adv, x, epsilon, value_range) -> x_adv`, the projection
+      Π; attacks pass one with a surrogate derivative.
+
+  Returns:
+    g(x) as a float32 tensor of the shape of `x`.
+
+  Raises:
+    ValueError: for hyperparameters out of their domain.
+
+  Example:
+    >>> g_x = ll_pgd(f_b, images, epsilon=0.2, steps=13, seed=0)
+  """
+  step_size = validate_transform_args(epsilon, steps, step_size, target,
+                                      value_range)
+  x = tf.cast(x, tf.float32)
+  labels, direction = target_labels(logits_float32(f_b, x), target, seed)
+  if not random_start:
+    x_adv = x
+  else:
+    if noise is None:
+      noise = uniform_noise(tf.shape(x), epsilon, seed)
+    x_adv = project_fn(x + tf.cast(noise, tf.float32), x, epsilon, value_range)
+  for _ in range(steps):
+    grad = input_gradient(f_b, x_adv, labels)
+    x_adv = project_fn(x_adv + direction * step_size * sign_fn(grad), x,
+                       epsilon, value_range)
+  return x_adv
