@@ -46,8 +46,12 @@ class AdversarialTransform(keras.layers.Layer):
   and f_b is always called with `training=False` (batch norm in inference
   mode). f_b stays frozen even when the outer model is set trainable. The
   output carries no gradient path to the input; attacks build their own
-  (`attacks.estimators`). The loop runs in float32 whatever the layer's dtype
-  policy; the output is cast to the layer's compute dtype.
+  (`attacks.estimators`). The loop runs in float32 on the unrounded inputs
+  whatever the layer's dtype policy (no autocast); the output is cast to the
+  layer's compute dtype. Inputs outside `value_range` raise at run time,
+  except inside XLA-compiled functions (`jit_compile=True`), where TensorFlow
+  drops assertions. Under `tf.distribute`, each replica draws its own random
+  start.
 
   Args:
     f_b: a built Keras model mapping images to logits (not probabilities).
@@ -91,6 +95,9 @@ class AdversarialTransform(keras.layers.Layer):
                seed=None,
                **kwargs):
     require_tensorflow_backend("AdversarialTransform")
+    # No autocast: under a mixed policy the loop must see the float32 images,
+    # not their float16 rounding (it would move the ball's centre).
+    kwargs.setdefault("autocast", False)
     super().__init__(**kwargs)
     if not isinstance(f_b, keras.Model):
       raise ValueError(f"`f_b` must be a keras.Model. Received: f_b={f_b!r}")
@@ -125,7 +132,8 @@ class AdversarialTransform(keras.layers.Layer):
       self.f_b.trainable = False
 
   def build(self, input_shape):
-    expected = tuple(self.f_b.input_shape[1:]) if self.f_b.inputs else None
+    expected = (tuple(self.f_b.input_shape[1:])
+                if getattr(self.f_b, "inputs", None) else None)
     received = tuple(input_shape[1:])
     if expected is not None and any(
         e is not None and r is not None and e != r

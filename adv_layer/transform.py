@@ -72,6 +72,35 @@ def project(x_adv, x, epsilon, value_range):
   return tf.clip_by_value(x_adv, value_range[0], value_range[1])
 
 
+def stateless_seed(seed):
+  """Draws the seed of one stateless random op, distinct on each replica.
+
+  Under a `tf.distribute` strategy every replica reads the same generator
+  state, so without this each replica would draw the same random start for
+  its shard of the batch; folding in the replica id decorrelates them. Outside
+  a strategy the seed is the one `keras.random` would use, so draws match it.
+
+  Args:
+    seed: an integer (the same seed every time) or a
+      `keras.random.SeedGenerator` (advanced by one per call).
+
+  Returns:
+    An int32 tensor of shape `(2,)` for `tf.random.stateless_*` ops.
+  """
+  if isinstance(seed, keras.random.SeedGenerator):
+    drawn = seed.next()
+  else:
+    drawn = tf.constant([seed, 0], tf.int64)
+  # Same int64 -> int32 reduction as keras.random (XLA wants int32 seeds).
+  drawn = tf.cast(tf.math.floormod(tf.cast(drawn, tf.int64), tf.int32.max - 1),
+                  tf.int32)
+  context = tf.distribute.get_replica_context()
+  if context is not None and context.num_replicas_in_sync > 1:
+    drawn = tf.random.experimental.stateless_fold_in(
+        drawn, context.replica_id_in_sync_group)
+  return drawn
+
+
 def uniform_noise(shape, epsilon, seed=None):
   """Draws the random start δ ~ U[-epsilon, epsilon].
 
@@ -79,14 +108,16 @@ def uniform_noise(shape, epsilon, seed=None):
     shape: shape of δ.
     epsilon: half-width of the interval.
     seed: None (a fresh draw on every run), an integer (the same draw every
-      time), or a `keras.random.SeedGenerator` (a new, reproducible draw per call).
+      time), or a `keras.random.SeedGenerator` (a new, reproducible draw per
+      call, distinct on each `tf.distribute` replica).
 
   Returns:
     A float32 tensor of the given shape.
   """
   if seed is None:
     return tf.random.uniform(shape, -epsilon, epsilon, dtype=tf.float32)
-  return keras.random.uniform(shape, -epsilon, epsilon, dtype="float32", seed=seed)
+  return tf.random.stateless_uniform(
+      shape, stateless_seed(seed), -epsilon, epsilon, dtype=tf.float32)
 
 
 def target_labels(logits, target, seed=None):
@@ -111,9 +142,8 @@ def target_labels(logits, target, seed=None):
   if seed is None:
     shift = tf.random.uniform(shift_shape, 1, num_classes, dtype=tf.int32)
   else:
-    shift = tf.cast(
-        keras.random.randint(shift_shape, 1, num_classes, dtype="int32", seed=seed),
-        tf.int32)
+    shift = tf.random.stateless_uniform(
+        shift_shape, stateless_seed(seed), 1, num_classes, dtype=tf.int32)
   return (predicted + shift) % num_classes, -1.0
 
 

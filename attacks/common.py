@@ -182,7 +182,8 @@ def eot_loss_gradient(model_fn, x, y, loss_fn, eot_samples=1, chunk_size=None):
     with tf.GradientTape() as tape:
       tape.watch(part_x)
       loss = loss_fn(model_fn(part_x), part_y)
-    grads.append(tape.gradient(tf.reduce_sum(loss), part_x))
+      total_loss = tf.reduce_sum(loss)
+    grads.append(tape.gradient(total_loss, part_x))
     losses.append(loss)
   loss = tf.reshape(tf.concat(losses, 0), [eot_samples, batch])
   grad = tf.reshape(tf.concat(grads, 0),

@@ -1,0 +1,56 @@
+# adv_layer: the README's commands end here.
+#   make demo    smoke demo: pretrain f_b, train the defended model, attack it
+#   make test    the fast Bazel targets (//:ci), then pytest over tests/
+#   make bench   the transform / training benchmark (examples/benchmark.py)
+#   make bazel   build every Bazel target offline
+# PYTHON defaults to the README's .venv when it exists.
+
+PYTHON ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
+# Bazel's autodetecting Python toolchain runs the python3 on PATH: the venv's.
+VENV_BIN := $(abspath $(dir $(shell command -v $(PYTHON))))
+BAZEL := PATH="$(VENV_BIN):$$PATH" bazel
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+DEMO_DIR ?= runs/demo
+
+# The offline CIFAR-10 copy beside the repository (DATA.md), unless
+# TFDS_DATA_DIR is already set; elsewhere tfds downloads as usual.
+SHARED_TFDS := $(abspath ../shared/tensorflow_datasets)
+ifeq ($(origin TFDS_DATA_DIR),undefined)
+ifneq ($(wildcard $(SHARED_TFDS)),)
+export TFDS_DATA_DIR := $(SHARED_TFDS)
+endif
+endif
+
+.PHONY: demo test pytest bazel-test bazel bazel-deps bench
+
+demo:
+	$(PYTHON) examples/pretrain_fb.py --preset=smoke --output=$(DEMO_DIR)/f_b.keras
+	$(PYTHON) examples/train_cifar10.py --preset=smoke --fb=$(DEMO_DIR)/f_b.keras \
+	    --output=$(DEMO_DIR)/defended.keras
+	$(PYTHON) examples/attack_eval.py --preset=smoke --model=$(DEMO_DIR)/defended.keras \
+	    --fb=$(DEMO_DIR)/f_b.keras --report_dir=$(DEMO_DIR)/report
+
+# Bazel first, so that pytest's summary is the last line.
+test: bazel-test pytest
+
+pytest:
+	$(PYTHON) -m pytest tests -q
+
+# The Bazel server is shut down afterwards (also on failure) so that nothing
+# outlives the run.
+bazel-test: bazel-deps
+	$(BAZEL) test //:ci; status=$$?; bazel shutdown; exit $$status
+
+bazel: bazel-deps
+	$(BAZEL) build //...
+
+# Debian's bazel-bootstrap (4.2.3) and the rules_java it needs offline.
+bazel-deps:
+	@if ! command -v bazel >/dev/null || [ ! -d /usr/share/bazel/rules/java ]; then \
+	  $(SUDO) apt-get update && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends \
+	      bazel-bootstrap bazel-rules-java; \
+	fi
+
+bench:
+	$(PYTHON) examples/benchmark.py

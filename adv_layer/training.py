@@ -1,0 +1,420 @@
+"""Training helpers: pretrain f_b (standard or PGD adversarial), train f_a(g(x)).
+
+Xiao & Zheng (CVPR 2020): f_b is pretrained and then frozen (Sec. 3.4; an
+adversarially trained f_b is preferred, Table 1); the defended model
+f_a(g(x)) is trained with g in front of f_a (Sec. 3.2). Sec. 4: "All models
+are trained for 80 epochs using SGD (learning rate 0.1, momentum 0.9)"; the
+authors' code drops the rate to 0.01 at epoch 50 and uses batch 128.
+
+Every run checkpoints each epoch with `keras.callbacks.BackupAndRestore` and
+resumes from the last finished epoch when rerun with the same
+`checkpoint_dir`, so a killed run loses at most one epoch. The data order of a
+resumed run restarts from the seeded stream's beginning (weights, optimizer
+state, epoch and learning-rate schedule resume exactly).
+
+`PRESETS` holds the settings of each scale (smoke, cpu, paper) in one place.
+"""
+
+import numbers
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from adv_layer import layer
+from adv_layer import transform
+
+# One dict per preset. Keys starting with `fb_` configure the pretraining of
+# f_b (its adversarial training uses `fb_epsilon`, `fb_steps`,
+# `fb_step_size`); `epsilon`, `steps`, `step_size`, `target` configure the
+# transform g; the rest configure f_a(g(x)) (and the shared data/optimizer).
+PRESETS = {
+    # CI and the README demo: exercises every piece (adversarial f_b, the full
+    # Δ = 0.2, N = 13 transform, checkpointing) on 2,000 images with tiny
+    # widths, 3 epochs each (1 epoch stays near chance); ~3 min on 2 busy CPU
+    # cores, about 20-25% clean accuracy.
+    "smoke": dict(
+        fb_model="small_vgg", fb_width=0.125, fb_epochs=3, fb_adversarial=True,
+        fb_epsilon=8 / 255, fb_steps=2, fb_step_size=4 / 255,
+        fb_lr_drop_epoch=None,
+        fa_model="small_cnn", fa_width=8, epochs=3, lr_drop_epoch=None,
+        train_examples=2000, test_examples=500, batch_size=128,
+        learning_rate=0.1, momentum=0.9,
+        epsilon=0.2, steps=13, step_size=None, target="least_likely"),
+    # The CPU-scale reproduction (pretrain + train within about 60 min on 2
+    # CPU cores). The transform costs 14 forward and 13 input-gradient passes
+    # of f_b per image and dominates training: measured here, g runs at ~90
+    # images/s with small_vgg at width 0.25 but ~14 images/s at width 1.0
+    # (~1 h per epoch of 50k images: out of budget). Hence f_b = small_vgg at
+    # width 0.25 (the paper's topology, 1/4 of the channels), PGD-5
+    # adversarial training of f_b, f_a = small_cnn width 16, the paper's
+    # transform (Δ 0.2, N 13, Δ/6), 2 epochs each with the rate dropped to
+    # 0.01 for the second (the authors drop it for the last 30 of 80), on the
+    # first 30,000 training images and 1,000 test images. Measured on slices
+    # with 5 other jobs sharing the 2 cores: 1.85 s per batch of 128 for f_b
+    # and 4.45 s for f_a(g(x)), i.e. ~15 + ~35 min; about half on idle cores.
+    "cpu": dict(
+        fb_model="small_vgg", fb_width=0.25, fb_epochs=2, fb_adversarial=True,
+        fb_epsilon=8 / 255, fb_steps=5, fb_step_size=2 / 255,
+        fb_lr_drop_epoch=1,
+        fa_model="small_cnn", fa_width=16, epochs=2, lr_drop_epoch=1,
+        train_examples=30_000, test_examples=1000, batch_size=128,
+        learning_rate=0.1, momentum=0.9,
+        epsilon=0.2, steps=13, step_size=None, target="least_likely"),
+    # Exactly the paper (Sec. 4): ResNet18 f_a, small VGG f_b (adversarially
+    # trained, Madry PGD-7 at 8/255, step 2/255), 80 epochs, SGD lr 0.1
+    # momentum 0.9 (dropped to 0.01 at epoch 50 as in the authors' code),
+    # batch 128, Δ 0.2, N 13, step Δ/6, least-likely target, full splits.
+    "paper": dict(
+        fb_model="small_vgg", fb_width=1.0, fb_epochs=80, fb_adversarial=True,
+        fb_epsilon=8 / 255, fb_steps=7, fb_step_size=2 / 255,
+        fb_lr_drop_epoch=50,
+        fa_model="resnet18", fa_width=64, epochs=80, lr_drop_epoch=50,
+        train_examples=None, test_examples=None, batch_size=128,
+        learning_rate=0.1, momentum=0.9,
+        epsilon=0.2, steps=13, step_size=None, target="least_likely"),
+}
+
+STRATEGIES = ("default", "mirrored", "multi_worker")
+
+
+def get_preset(name, **overrides):
+  """Returns a copy of a preset with the non-None `overrides` applied.
+
+  Args:
+    name: one of `PRESETS`.
+    **overrides: preset keys and new values; None keeps the preset's value.
+
+  Returns:
+    A new dict.
+
+  Raises:
+    ValueError: for an unknown preset or key.
+  """
+  if name not in PRESETS:
+    raise ValueError(f"`preset` must be one of {tuple(PRESETS)}. Received: preset={name!r}")
+  preset = dict(PRESETS[name])
+  for key, value in overrides.items():
+    if key not in preset:
+      raise ValueError(f"Unknown preset key {key!r}; expected one of "
+                       f"{tuple(preset)}. Received: {key}={value!r}")
+    if value is not None:
+      preset[key] = value
+  return preset
+
+
+def make_strategy(name="default"):
+  """Returns the `tf.distribute` strategy called `name`.
+
+  Args:
+    name: "default" (no distribution), "mirrored" (all local devices) or
+      "multi_worker" (MultiWorkerMirroredStrategy, configured by `TF_CONFIG`).
+
+  Returns:
+    A `tf.distribute.Strategy`.
+
+  Raises:
+    ValueError: for an unknown name.
+  """
+  if name == "default":
+    return tf.distribute.get_strategy()
+  if name == "mirrored":
+    return tf.distribute.MirroredStrategy()
+  if name == "multi_worker":
+    return tf.distribute.MultiWorkerMirroredStrategy()
+  raise ValueError(f"`strategy` must be one of {STRATEGIES}. Received: strategy={name!r}")
+
+
+def per_worker_path(path, strategy):
+  """`path` on the chief, a worker-specific sibling on the other workers.
+
+  Under MultiWorkerMirroredStrategy every worker runs the same program; the
+  chief (or worker 0 when there is no chief) writes the real files, the others
+  write their own copies (backups must exist on every worker to resume).
+
+  Args:
+    path: a file or folder path.
+    strategy: the `tf.distribute.Strategy` in use.
+
+  Returns:
+    `path`, or `<root>_<task_type><task_id><ext>` on a non-chief worker.
+  """
+  resolver = getattr(strategy, "cluster_resolver", None)
+  task_type = getattr(resolver, "task_type", None)
+  task_id = getattr(resolver, "task_id", None) or 0
+  has_chief = "chief" in (resolver.cluster_spec().as_dict() if resolver else {})
+  if task_type in (None, "chief") or (task_type == "worker" and task_id == 0
+                                      and not has_chief):
+    return path
+  root, ext = os.path.splitext(path)
+  return f"{root}_{task_type}{task_id}{ext}"
+
+
+def learning_rate_schedule(learning_rate, steps_per_epoch, lr_drop_epoch=None,
+                           drop_factor=0.1):
+  """Constant rate, or a single step drop after `lr_drop_epoch` epochs.
+
+  Args:
+    learning_rate: initial rate (paper: 0.1).
+    steps_per_epoch: optimizer steps in one epoch.
+    lr_drop_epoch: epoch (0-based count of finished epochs) at which the rate
+      is multiplied by `drop_factor` (authors' code: 50 of 80), or None.
+    drop_factor: multiplier applied at the drop.
+
+  Returns:
+    A float or a `keras.optimizers.schedules.PiecewiseConstantDecay`.
+
+  Raises:
+    ValueError: for a drop with an unknown number of steps per epoch.
+  """
+  if lr_drop_epoch is None:
+    return learning_rate
+  if steps_per_epoch is None or steps_per_epoch < 1:
+    raise ValueError("A learning-rate drop needs the number of steps per epoch. "
+                     f"Received: steps_per_epoch={steps_per_epoch!r}")
+  return keras.optimizers.schedules.PiecewiseConstantDecay(
+      [lr_drop_epoch * steps_per_epoch],
+      [learning_rate, learning_rate * drop_factor])
+
+
+def steps_per_epoch(dataset):
+  """Batches per epoch of a finite dataset, or None if unknown."""
+  cardinality = int(dataset.cardinality())
+  return cardinality if cardinality > 0 else None
+
+
+class AdversarialTrainer(keras.Model):
+  """Trains a classifier on PGD adversarial examples (Madry et al. 2018).
+
+  Each training step replaces the batch by L∞ PGD examples that ascend the
+  cross-entropy of the *true* labels, computed with the classifier in
+  inference mode, then takes the ordinary step on them. Evaluation and
+  prediction see clean inputs. Save `classifier`, not the trainer.
+
+  Args:
+    classifier: the model to train (logits out).
+    epsilon: L∞ budget of the training attack.
+    steps: PGD steps.
+    step_size: step of each signed step; None means `epsilon / 4` (Madry et
+      al.'s 2/255 for 8/255).
+    random_start: start from a uniform point of the ball (Madry) or from x.
+    value_range: `(low, high)` of valid pixel values.
+    seed: integer seed of the random starts.
+    **kwargs: `keras.Model` arguments (`name`).
+
+  Raises:
+    ValueError: for hyperparameters out of their domain.
+
+  Example:
+    >>> trainer = AdversarialTrainer(small_vgg(seed=0), epsilon=8 / 255, steps=7)
+    >>> trainer.compile("sgd", keras.losses.SparseCategoricalCrossentropy(True))
+    >>> trainer.fit(train_data, epochs=80)
+  """
+
+  def __init__(self, classifier, epsilon=8 / 255, steps=7, step_size=None,
+               random_start=True, value_range=(0.0, 1.0), seed=None, **kwargs):
+    super().__init__(**kwargs)
+    if step_size is None and isinstance(epsilon, numbers.Real):
+      step_size = epsilon / 4.0
+    self.step_size = transform.validate_transform_args(
+        epsilon, steps, step_size, "least_likely", value_range)
+    self.classifier = classifier
+    self.epsilon = float(epsilon)
+    self.steps = int(steps)
+    self.random_start = bool(random_start)
+    self.value_range = (float(value_range[0]), float(value_range[1]))
+    self.seed_generator = keras.random.SeedGenerator(seed)
+    if classifier.built:  # So that BackupAndRestore can restore before fit.
+      self.built = True
+
+  def build(self, input_shape):
+    if not self.classifier.built:
+      self.classifier.build(input_shape)
+    self.built = True
+
+  def call(self, inputs, training=None):
+    return self.classifier(inputs, training=training)
+
+  def perturb(self, x, y):
+    """PGD examples of the true labels `y` (no gradient path to the weights).
+
+    Args:
+      x: float images in `value_range`.
+      y: int labels, shape `(batch,)` or `(batch, 1)`.
+
+    Returns:
+      float32 images in the ball and the value range, the shape of `x`.
+    """
+    x = tf.cast(x, tf.float32)
+    labels = tf.reshape(tf.cast(y, tf.int32), [-1])
+    x_adv = x
+    if self.random_start:
+      noise = transform.uniform_noise(tf.shape(x), self.epsilon,
+                                      self.seed_generator)
+      x_adv = transform.project(x + noise, x, self.epsilon, self.value_range)
+    for _ in range(self.steps):
+      grad = transform.input_gradient(self.classifier, x_adv, labels)
+      x_adv = transform.project(x_adv + self.step_size * tf.sign(grad), x,
+                                self.epsilon, self.value_range)
+    return tf.stop_gradient(x_adv)
+
+  def train_step(self, data):
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    x_adv = tf.cast(self.perturb(x, y), x.dtype)
+    return super().train_step((x_adv, y, sample_weight))
+
+
+def defended_model(f_b, f_a, epsilon=0.2, steps=13, step_size=None,
+                   target="least_likely", random_start=True,
+                   value_range=(0.0, 1.0), seed=None, name="defended"):
+  """The defended model f_a(g(x)) (Sec. 3.2), g an `AdversarialTransform` on f_b.
+
+  Args:
+    f_b: pretrained model for the transform (frozen by the layer).
+    f_a: the classifier to train (logits out).
+    epsilon, steps, step_size, target, random_start, value_range, seed: the
+      transform's settings (see `adv_layer.AdversarialTransform`).
+    name: the model's name.
+
+  Returns:
+    A functional `keras.Model`: images -> f_a(g(images)) logits.
+  """
+  inputs = keras.Input(tuple(f_b.input_shape[1:]))
+  transformed = layer.AdversarialTransform(
+      f_b, epsilon=epsilon, steps=steps, step_size=step_size, target=target,
+      random_start=random_start, value_range=value_range, seed=seed,
+      name="adversarial_transform")(inputs)
+  return keras.Model(inputs, f_a(transformed), name=name)
+
+
+def compile_sgd(model, learning_rate=0.1, momentum=0.9, lr_drop_epoch=None,
+                epoch_steps=None):
+  """Compiles `model` with SGD, logits cross-entropy and accuracy.
+
+  Args:
+    model: the model (logits out).
+    learning_rate: initial rate (paper: 0.1).
+    momentum: SGD momentum (paper: 0.9).
+    lr_drop_epoch: see `learning_rate_schedule`.
+    epoch_steps: optimizer steps per epoch (needed for a drop).
+  """
+  schedule = learning_rate_schedule(learning_rate, epoch_steps, lr_drop_epoch)
+  model.compile(
+      optimizer=keras.optimizers.SGD(schedule, momentum=momentum),
+      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+      metrics=["accuracy"])
+
+
+def fit_with_checkpoints(model, train_data, epochs, checkpoint_dir=None,
+                         validation_data=None, callbacks=(), verbose=1):
+  """`model.fit` that backs up every epoch and resumes from the last backup.
+
+  Args:
+    model: a compiled model.
+    train_data: a finite `tf.data.Dataset` of `(images, labels)` batches.
+    epochs: total epochs (a resumed run trains the remaining ones).
+    checkpoint_dir: backup folder for `keras.callbacks.BackupAndRestore`
+      (two alternating copies, so a kill while writing loses nothing); None
+      trains without backups. Deleted after a run that completes.
+    validation_data: optional evaluation dataset.
+    callbacks: further callbacks, run after the backup callback.
+    verbose: Keras verbosity (1 = progress bars).
+
+  Returns:
+    The `keras.callbacks.History`.
+  """
+  all_callbacks = []
+  if checkpoint_dir is not None:
+    all_callbacks.append(keras.callbacks.BackupAndRestore(
+        checkpoint_dir, save_freq="epoch", double_checkpoint=True))
+  all_callbacks.extend(callbacks)
+  return model.fit(train_data, epochs=epochs, validation_data=validation_data,
+                   callbacks=all_callbacks, verbose=verbose)
+
+
+def train(model, train_data, epochs, learning_rate=0.1, momentum=0.9,
+          lr_drop_epoch=None, checkpoint_dir=None, output=None,
+          validation_data=None, callbacks=(), verbose=1):
+  """Compiles with the paper's SGD, fits with checkpoints, saves the result.
+
+  Call it inside `strategy.scope()` to distribute.
+
+  Args:
+    model: the model to train, e.g. `defended_model(f_b, f_a)`.
+    train_data: a finite dataset of `(images, labels)` batches.
+    epochs: total epochs.
+    learning_rate, momentum, lr_drop_epoch: the optimizer (see `compile_sgd`).
+    checkpoint_dir: backup folder (see `fit_with_checkpoints`), or None.
+    output: `.keras` path for the trained model, or None.
+    validation_data: optional evaluation dataset.
+    callbacks: further callbacks.
+    verbose: Keras verbosity.
+
+  Returns:
+    The `keras.callbacks.History`.
+  """
+  compile_sgd(model, learning_rate, momentum, lr_drop_epoch,
+              steps_per_epoch(train_data))
+  history = fit_with_checkpoints(model, train_data, epochs, checkpoint_dir,
+                                 validation_data, callbacks, verbose)
+  if output is not None:
+    save_model(model, output)
+  return history
+
+
+def pretrain_fb(f_b, train_data, epochs, adversarial=False, epsilon=8 / 255,
+                steps=7, step_size=None, seed=None, output=None, **train_kwargs):
+  """Pretrains f_b, on clean or PGD adversarial examples (Sec. 3.4, Table 1).
+
+  Args:
+    f_b: the model to pretrain (logits out), e.g. `models.small_vgg()`.
+    train_data: a finite dataset of `(images, labels)` batches.
+    epochs: total epochs.
+    adversarial: Madry PGD adversarial training (the paper's preferred f_b).
+    epsilon, steps, step_size: the training attack (see `AdversarialTrainer`).
+    seed: seed of the attack's random starts.
+    output: `.keras` path for f_b, or None.
+    **train_kwargs: arguments of `train` (learning rate, checkpoints, ...).
+
+  Returns:
+    The `keras.callbacks.History`.
+  """
+  model = f_b
+  if adversarial:
+    model = AdversarialTrainer(f_b, epsilon=epsilon, steps=steps,
+                               step_size=step_size, seed=seed, name="pgd_trainer")
+  history = train(model, train_data, epochs, **train_kwargs)
+  if output is not None:
+    save_model(f_b, output)
+  return history
+
+
+def save_model(model, path):
+  """Saves `model` as a `.keras` file, creating its folder.
+
+  Raises:
+    ValueError: if `path` does not end in ".keras".
+  """
+  if not str(path).endswith(".keras"):
+    raise ValueError(f"`output` must be a .keras path. Received: output={path!r}")
+  folder = os.path.dirname(str(path))
+  if folder:
+    os.makedirs(folder, exist_ok=True)
+  model.save(path)
+
+
+def accuracy(model, data, verbose=0):
+  """Top-1 accuracy of `model` (logits out) on `(images, labels)` batches.
+
+  Args:
+    model: the model.
+    data: a finite dataset in a fixed order (an evaluation pipeline).
+    verbose: Keras verbosity of `predict`.
+
+  Returns:
+    The accuracy as a float in [0, 1].
+  """
+  logits = model.predict(data.map(lambda x, y: x), verbose=verbose)
+  labels = np.concatenate([y.numpy() for _, y in data])
+  return float(np.mean(np.argmax(logits, axis=-1) == labels))

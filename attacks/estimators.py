@@ -1,0 +1,329 @@
+"""Gradient estimators for the adversarial transformation g (paper Secs. 3.3, 4.1).
+
+g(x) (`adv_layer.transform.ll_pgd`) has no useful derivative: its steps use
+sign(·) and a clip. An attack therefore differentiates a model that contains
+`AdversarialTransform` through one of these estimators, all built on the SAME
+`ll_pgd` function the layer runs (reached through
+`AdversarialTransform.transform(x, **overrides)`):
+
+- `"bpda"`: forward = the exact g(x) for one random draw δ; backward = the
+  vector-Jacobian product through the unrolled smooth surrogate of the same
+  loop with the same δ: sign(z) → softsign(z / T) or tanh(z / T), and the
+  projection Π → `surrogate_project` (exact forward, derivative of eq. (5)).
+  The surrogate's VJP differentiates f_b's input gradient, i.e. second order
+  (nested tapes).
+- `"bpda_identity"` (BPDA-I): forward exact, backward of g = identity.
+- `"unrolled"`: plain autodiff through the loop as written. `tf.sign` has a
+  zero gradient, so every f_b term vanishes and only the clips remain: the
+  Jacobian is diagonal with entries in {0, 1} (1 where a pixel is not pinned
+  to the value range, see `estimators_test`). This is what "automatic
+  differentiation" in Sec. 3.3 amounts to.
+- `"exact"`: forward exact, no gradient, for scoring: like `tf.stop_gradient`
+  but still connected, so `tape.gradient` returns zeros rather than None (an
+  attack on it runs and the zero-gradient sanity check can see it).
+
+`steps` replaces the layer's N, giving the cheaper defense g_k of the
+cheaper-defense transfer attack. `defended_model_fn` wraps a whole model as a
+`model_fn` whose every call draws fresh δ per image, so Expectation over
+Transformation is `attacks.common.eot_loss_gradient` on a tiled batch.
+
+Example:
+  >>> model_fn = defended_model_fn(model, "bpda", sign_surrogate="tanh", seed=0)
+  >>> x_adv = attacks.pgd.pgd(model_fn, x, y, eot_samples=8, seed=0)
+"""
+
+import contextlib
+import numbers
+
+import keras
+import tensorflow as tf
+
+from adv_layer import transform
+from adv_layer.layer import find_transforms
+
+__all__ = [
+    "ESTIMATORS", "SIGN_SURROGATES", "DefendedModelFn", "bpda_transform",
+    "defended_model_fn", "estimator_fn", "reseed", "surrogate_project",
+    "surrogate_sign", "transform_layers", "use_estimator"
+]
+
+ESTIMATORS = ("bpda", "bpda_identity", "unrolled", "exact")
+SIGN_SURROGATES = ("softsign", "tanh")
+
+
+def surrogate_sign(sign_surrogate="softsign", temperature=1.0):
+  """A smooth stand-in for sign(·) (paper Sec. 4.1).
+
+  Args:
+    sign_surrogate: `"softsign"` (z / (1 + |z|)) or `"tanh"`.
+    temperature: T > 0; the surrogate is applied to z / T, so a small T
+      sharpens it toward sign(z).
+
+  Returns:
+    A function z -> surrogate(z / T).
+
+  Raises:
+    ValueError: for an unknown surrogate or a temperature <= 0.
+  """
+  if sign_surrogate not in SIGN_SURROGATES:
+    raise ValueError(f"`sign_surrogate` must be one of {SIGN_SURROGATES}. "
+                     f"Received: sign_surrogate={sign_surrogate!r}")
+  if isinstance(temperature, bool) or not isinstance(
+      temperature, numbers.Real) or not temperature > 0:
+    raise ValueError("`temperature` must be a number > 0. "
+                     f"Received: temperature={temperature!r}")
+  smooth = tf.math.softsign if sign_surrogate == "softsign" else tf.math.tanh
+  return lambda z: smooth(z / temperature)
+
+
+def surrogate_project(x_adv, x, epsilon, value_range):
+  """Π with its exact forward and the derivative of the paper's eq. (5).
+
+  With z = x_adv − x the offset from the centre and s(z) = 1/(1 + |z|)^2:
+
+  - a coordinate left unchanged by Π: d/dx_adv = 1, d/dx = 0 (exact);
+  - a coordinate clipped to the ball (x ± epsilon): d/dx_adv = s(z) (eq. (5))
+    and d/dx = 1 − s(z), so that moving x and x_adv together moves the output
+    with them, as the exact Π does;
+  - a coordinate clipped to the value range (decision, documented here): the
+    value range is part of the feasible set Π projects onto, so it gets the
+    same rule as the ball, d/dx_adv = s(z), and d/dx = 0 because the bound
+    does not move with x.
+
+  Args:
+    x_adv: candidate images.
+    x: centre images, same shape.
+    epsilon: L∞ radius.
+    value_range: `(low, high)`.
+
+  Returns:
+    `adv_layer.transform.project(x_adv, x, epsilon, value_range)`, bit for
+    bit, with the surrogate derivative above.
+  """
+
+  @tf.custom_gradient
+  def projected(x_adv, x):
+    in_ball = tf.clip_by_value(x_adv, x - epsilon, x + epsilon)
+    out = tf.clip_by_value(in_ball, value_range[0], value_range[1])
+
+    def grad(upstream):
+      offset = x_adv - x
+      kept = tf.equal(out, x_adv)
+      ball_bound = tf.logical_and(tf.logical_not(kept), tf.equal(out, in_ball))
+      slope = tf.where(kept, 1.0, 1.0 / tf.square(1.0 + tf.abs(offset)))
+      centre = tf.where(ball_bound, 1.0 - slope, 0.0)
+      return upstream * slope, upstream * centre
+
+    return out, grad
+
+  return projected(x_adv, x)
+
+
+def _draw_noise(layer, x, seed):
+  generator = layer.seed_generator if seed is None else seed
+  return transform.uniform_noise(tf.shape(x), layer.epsilon, generator)
+
+
+def bpda_transform(layer, x, noise, sign_surrogate="softsign", temperature=1.0,
+                   steps=None):
+  """BPDA through g (paper Sec. 4.1) for one fixed random start.
+
+  Args:
+    layer: an `AdversarialTransform`.
+    x: float32 images.
+    noise: the random start δ, shape of `x` (ignored when the layer has no
+      random start).
+    sign_surrogate: `"softsign"` or `"tanh"`.
+    temperature: T of the sign surrogate.
+    steps: overrides the layer's N, or None.
+
+  Returns:
+    The exact g(x) with start δ; its gradient is the VJP through the unrolled
+    smooth surrogate of the same loop from the same δ.
+  """
+  sign_fn = surrogate_sign(sign_surrogate, temperature)
+  overrides = {} if steps is None else {"steps": steps}
+  exact = tf.stop_gradient(layer.transform(x, noise=noise, **overrides))
+
+  def surrogate_vjp(upstream):
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      smooth = layer.transform(x, noise=noise, sign_fn=sign_fn,
+                               project_fn=surrogate_project, **overrides)
+    return tape.gradient(smooth, x, output_gradients=upstream)
+
+  return _attach(exact, x, surrogate_vjp)
+
+
+def _attach(exact, x, backward):
+  """Returns `exact` (a value of the same shape as `x`) with `backward` as VJP."""
+
+  @tf.custom_gradient
+  def attach(x):
+    return tf.identity(exact), backward
+
+  return attach(x)
+
+
+def estimator_fn(estimator="bpda", sign_surrogate="softsign", temperature=1.0,
+                 steps=None, seed=None):
+  """The `(layer, x) -> g(x)` hook that implements one estimator.
+
+  Args:
+    estimator: one of `ESTIMATORS`.
+    sign_surrogate: `"softsign"` or `"tanh"` (BPDA only).
+    temperature: T of the sign surrogate (BPDA only).
+    steps: overrides the layer's N (g_k), or None.
+    seed: a `keras.random.SeedGenerator` for the random starts, or None for
+      the layer's own generator.
+
+  Returns:
+    The hook, for `AdversarialTransform.gradient_estimator`.
+
+  Raises:
+    ValueError: for an unknown estimator or bad surrogate settings.
+  """
+  if estimator not in ESTIMATORS:
+    raise ValueError(f"`estimator` must be one of {ESTIMATORS}. "
+                     f"Received: estimator={estimator!r}")
+  surrogate_sign(sign_surrogate, temperature)
+  if steps is not None and (isinstance(steps, bool) or
+                            not isinstance(steps, numbers.Integral) or steps < 1):
+    raise ValueError("`steps` must be an integer >= 1 or None. "
+                     f"Received: steps={steps!r}")
+  overrides = {} if steps is None else {"steps": steps}
+
+  def hook(layer, x):
+    noise = _draw_noise(layer, x, seed)
+    if estimator == "bpda":
+      return bpda_transform(layer, x, noise, sign_surrogate, temperature, steps)
+    if estimator == "unrolled":
+      return layer.transform(x, noise=noise, **overrides)
+    exact = tf.stop_gradient(layer.transform(x, noise=noise, **overrides))
+    if estimator == "bpda_identity":
+      return _attach(exact, x, lambda upstream: upstream)
+    return _attach(exact, x, tf.zeros_like)
+
+  return hook
+
+
+def transform_layers(model):
+  """The `AdversarialTransform` layers of `model` (or `[model]` if it is one).
+
+  Raises:
+    ValueError: if there is none.
+  """
+  layers = find_transforms(model) if hasattr(model, "layers") else [model]
+  if not layers or not all(hasattr(l, "gradient_estimator") for l in layers):
+    raise ValueError("`model` contains no AdversarialTransform layer. "
+                     f"Received: model={getattr(model, 'name', model)!r}")
+  return layers
+
+
+@contextlib.contextmanager
+def use_estimator(model, estimator="bpda", sign_surrogate="softsign",
+                  temperature=1.0, steps=None, seed=None):
+  """Makes every `AdversarialTransform` in `model` use a gradient estimator.
+
+  On exit, also when the body raises, each layer gets back the hook it had
+  (None outside any attack), so contexts nest.
+
+  Args:
+    model: a Keras model (or an `AdversarialTransform` itself).
+    estimator: one of `ESTIMATORS`.
+    sign_surrogate: `"softsign"` or `"tanh"` (BPDA).
+    temperature: T of the sign surrogate (BPDA).
+    steps: overrides every layer's N (the cheaper defense g_k), or None.
+    seed: a `keras.random.SeedGenerator` for the random starts, or None for
+      each layer's own generator.
+
+  Yields:
+    The list of transforms found.
+
+  Raises:
+    ValueError: if `model` holds no `AdversarialTransform`, or for bad
+      estimator settings.
+
+  Example:
+    >>> with use_estimator(model, "bpda_identity"):
+    ...   grad = tape.gradient(loss(model(x)), x)
+  """
+  layers = transform_layers(model)
+  hook = estimator_fn(estimator, sign_surrogate, temperature, steps, seed)
+  previous = [layer.gradient_estimator for layer in layers]
+  try:
+    for layer in layers:
+      layer.gradient_estimator = hook
+    yield layers
+  finally:
+    for layer, old in zip(layers, previous):
+      layer.gradient_estimator = old
+
+
+def reseed(model_fn, seed):
+  """Restarts the random draws of `model_fn` from `seed`, if it has draws.
+
+  Attacks call this with their own seed so that a seeded attack on a random
+  model repeats exactly; a plain model_fn is left alone.
+
+  Args:
+    model_fn: any model_fn; only a `DefendedModelFn` is reseeded.
+    seed: an integer, or None (no change).
+  """
+  if seed is not None and isinstance(model_fn, DefendedModelFn):
+    model_fn.reseed(seed)
+
+
+class DefendedModelFn:
+  """A model_fn of a defended model, differentiable through an estimator.
+
+  Each call draws a fresh δ for every image of the batch from its own
+  `keras.random.SeedGenerator`, so calling it on a batch tiled K times gives
+  K independent draws of g per image (vectorised EOT).
+
+  Args:
+    model: a Keras model containing `AdversarialTransform` layers.
+    estimator: one of `ESTIMATORS`.
+    seed: integer seed of the draws; None picks one at random.
+    **estimator_kwargs: `sign_surrogate`, `temperature`, `steps`.
+  """
+
+  def __init__(self, model, estimator="bpda", seed=None, **estimator_kwargs):
+    self.model = model
+    self.estimator = estimator
+    self.estimator_kwargs = estimator_kwargs
+    self.seed_generator = keras.random.SeedGenerator(seed)
+    # Fail now, not in the middle of an attack.
+    transform_layers(model)
+    estimator_fn(estimator, **estimator_kwargs)
+
+  def reseed(self, seed):
+    """Restarts the draws as if built with `seed` (an integer)."""
+    fresh = keras.random.SeedGenerator(seed)
+    self.seed_generator.state.assign(fresh.state.value)
+
+  def __call__(self, images):
+    """Returns float32 logits of the whole model on float32 `images`."""
+    with use_estimator(self.model, self.estimator, seed=self.seed_generator,
+                       **self.estimator_kwargs):
+      return tf.cast(self.model(images, training=False), tf.float32)
+
+
+def defended_model_fn(model, estimator="bpda", seed=None, **estimator_kwargs):
+  """A model_fn (images -> float32 logits) differentiable through `estimator`.
+
+  Args:
+    model: a Keras model containing `AdversarialTransform` layers.
+    estimator: one of `ESTIMATORS`.
+    seed: integer seed of the random starts of g; None picks one. Attacks
+      given a seed reseed it (`reseed`), so a seeded attack repeats.
+    **estimator_kwargs: `sign_surrogate`, `temperature`, `steps` (see
+      `use_estimator`).
+
+  Returns:
+    A `DefendedModelFn`; every call draws fresh δ per image.
+
+  Raises:
+    ValueError: for bad estimator settings or a model without a transform.
+  """
+  return DefendedModelFn(model, estimator, seed=seed, **estimator_kwargs)

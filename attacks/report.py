@@ -1,0 +1,312 @@
+"""Writes a robustness report: report.json, report.md (a Table 3) and PNG plots.
+
+report.md follows the shape of Xiao & Zheng (CVPR 2020), Table 3: the clean
+accuracy A_std, one row per attack with its budget and cost, the worst case
+over white-box attacks (the paper's "Ours (under BPDA)" row) and over all
+attacks (its A_rob), naming the attack that achieved the minimum, and the
+sanity flags. The plots are accuracy vs epsilon, accuracy vs EOT samples (the
+paper's Fig. 7) and a grid x / g(x) / E[g(x)] / x_adv (its Figs. 2 and 4).
+Every figure carries its budget, its data, its seed and its image count.
+"""
+
+import json
+import os
+import platform
+
+import keras
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+import numpy as np
+import tensorflow as tf
+
+from attacks import sanity
+
+__all__ = [
+    "machine_info", "plot_accuracy_vs_eot", "plot_accuracy_vs_epsilon",
+    "plot_transform_grid", "print_summary", "report_dict", "table_markdown",
+    "transform_views",
+    "write_report"
+]
+
+
+def machine_info():
+  """Platform, CPU count, devices and library versions, for the report."""
+  return {
+      "platform": platform.platform(),
+      "processor": platform.processor() or platform.machine(),
+      "cpu_count": os.cpu_count(),
+      "devices": [d.name for d in tf.config.list_physical_devices()],
+      "python": platform.python_version(),
+      "tensorflow": tf.__version__,
+      "keras": keras.__version__,
+  }
+
+
+def _worst_dict(worst):
+  return {k: v for k, v in worst.items() if k != "robust"} | {
+      "robust": [int(v) for v in worst["robust"]]}
+
+
+def report_dict(suite_result, flags, extras=None, meta=None):
+  """Everything of one evaluation as a JSON-ready dict.
+
+  Args:
+    suite_result: a `suite.SuiteResult`.
+    flags: list of `sanity.Flag`.
+    extras: dict of extra figures (epsilon curve, EOT curve, gradients).
+    meta: dict of run facts: `data` (e.g. "CIFAR-10 (JPEG copy)"), `split`,
+      `model`, ... (copied as is).
+
+  Returns:
+    A dict.
+  """
+  budget = suite_result.budget
+  return {
+      "meta": dict(meta or {}),
+      "machine": machine_info(),
+      "seed": suite_result.seed,
+      "draws": suite_result.draws,
+      "images": int(suite_result.clean.robust.size),
+      "defended": suite_result.defended,
+      "budget": {
+          "epsilon": budget.epsilon, "steps": budget.steps,
+          "restarts": budget.restarts, "eot_samples": budget.eot_samples,
+          "queries": budget.queries, "value_range": list(budget.value_range)
+      },
+      "clean": suite_result.clean.to_dict(),
+      "attacks": [r.to_dict() for r in suite_result.results],
+      "skipped": dict(suite_result.skipped),
+      "failed": dict(suite_result.failed),
+      "worst_case": _worst_dict(suite_result.worst),
+      "worst_case_white_box": _worst_dict(suite_result.worst_white_box),
+      "flags": [f.to_dict() for f in flags],
+      "extras": dict(extras or {}),
+  }
+
+
+def _budget_text(budget):
+  parts = []
+  for key, value in budget.items():
+    if key == "epsilon":
+      parts.append(f"eps={value * 255:.4g}/255")
+    else:
+      parts.append(f"{key}={value}")
+  return ", ".join(parts)
+
+
+def _pct(value):
+  return f"{100 * value:.1f}%"
+
+
+def table_markdown(report):
+  """The Table-3-like markdown table of a `report_dict`."""
+  lines = [
+      "| Attack | Kind | Budget | Mean acc. | Strict acc. | Time (s) | "
+      "f_b passes | f_b passes/s |",
+      "|---|---|---|---|---|---|---|---|",
+  ]
+  clean = report["clean"]
+  lines.append(f"| clean (A_std) | - | - | {_pct(clean['mean_accuracy'])} | "
+               f"{_pct(clean['strict_accuracy'])} | - | - | - |")
+  for row in report["attacks"]:
+    lines.append(
+        f"| {row['name']} | {row['kind']} | {_budget_text(row['budget'])} | "
+        f"{_pct(row['mean_accuracy'])} | {_pct(row['strict_accuracy'])} | "
+        f"{row['elapsed_s']:.2f} | {row['f_b_passes']} | "
+        f"{row['f_b_passes_per_s']:.0f} |")
+  for label, key in (("worst case, white-box", "worst_case_white_box"),
+                     ("worst case, all attacks (A_rob)", "worst_case")):
+    worst = report[key]
+    lines.append(f"| **{label}** | per example | by {worst['strongest']} | "
+                 f"{_pct(worst['mean_accuracy'])} | "
+                 f"**{_pct(worst['strict_accuracy'])}** | - | - | - |")
+  return "\n".join(lines)
+
+
+def markdown(report):
+  """The whole report.md text of a `report_dict`."""
+  meta = report["meta"]
+  budget = report["budget"]
+  worst = report["worst_case"]
+  lines = [
+      "# Robustness report", "",
+      f"Data: {meta.get('data', 'unknown')}, {report['images']} images"
+      f"{', split ' + meta['split'] if 'split' in meta else ''}. "
+      f"Model: {meta.get('model', 'unknown')}"
+      f"{' (defended: AdversarialTransform)' if report['defended'] else ''}. "
+      f"Seed {report['seed']}; each adversarial image scored with "
+      f"{report['draws']} draws of the model.", "",
+      f"Budget: L∞ eps={budget['epsilon'] * 255:.4g}/255, steps={budget['steps']}, "
+      f"restarts={budget['restarts']}, eot_samples={budget['eot_samples']}, "
+      f"queries={budget['queries']}.", "",
+      "Mean acc. = fraction of (image, draw) pairs correct; strict acc. = "
+      "fraction of images correct in every draw. The worst case is per "
+      "example: an image counts only if it is correct in every draw, clean "
+      "and under every attack.", "",
+      table_markdown(report), "",
+      f"**Worst-case robust accuracy: {_pct(worst['strict_accuracy'])} "
+      f"(strict), strongest attack: {worst['strongest']}.**", "",
+      "## Sanity checks", "",
+  ]
+  lines += [f"- [{f['status']}] {f['name']}: {f['message']}"
+            for f in report["flags"]]
+  if report["failed"]:
+    lines += ["", "## Failed (not in the worst case)", ""]
+    lines += [f"- {name}: {why}" for name, why in report["failed"].items()]
+  if report["skipped"]:
+    lines += ["", "## Skipped", ""]
+    lines += [f"- {name}: {why}" for name, why in report["skipped"].items()]
+  machine = report["machine"]
+  lines += ["", "## Machine", "",
+            f"{machine['platform']}, {machine['cpu_count']} CPUs, devices "
+            f"{machine['devices']}, TensorFlow {machine['tensorflow']}, "
+            f"Keras {machine['keras']}.", ""]
+  return "\n".join(lines)
+
+
+def plot_accuracy_vs_epsilon(curve, path, title, clean=None):
+  """Accuracy against epsilon (in /255 units on a log axis).
+
+  Args:
+    curve: dict epsilon -> accuracy.
+    path: PNG path.
+    title: plot title (name the attack, its budget and data).
+    clean: clean accuracy, drawn as a horizontal line, or None.
+  """
+  eps = sorted(curve)
+  figure, axis = plt.subplots(figsize=(5, 3.5))
+  axis.plot([e * 255 for e in eps], [100 * curve[e] for e in eps], "o-",
+            label="robust (mean over draws)")
+  if clean is not None:
+    axis.axhline(100 * clean, color="gray", linestyle="--", label="clean")
+  axis.set_xscale("log", base=2)
+  axis.set(xlabel="epsilon (x/255)", ylabel="accuracy (%)", ylim=(0, 100),
+           title=title)
+  axis.legend()
+  figure.tight_layout()
+  figure.savefig(path, dpi=100)
+  plt.close(figure)
+
+
+def plot_accuracy_vs_eot(curve, path, title):
+  """Accuracy against EOT samples, as in the paper's Fig. 7.
+
+  Args:
+    curve: dict EOT samples -> accuracy.
+    path: PNG path.
+    title: plot title.
+  """
+  samples = sorted(curve)
+  figure, axis = plt.subplots(figsize=(5, 3.5))
+  axis.plot(samples, [100 * curve[k] for k in samples], "o-")
+  axis.set_xscale("log", base=2)
+  axis.set(xlabel="EOT samples", ylabel="robust accuracy (%)", ylim=(0, 100),
+           title=title)
+  figure.tight_layout()
+  figure.savefig(path, dpi=100)
+  plt.close(figure)
+
+
+def transform_views(layer, x, samples=64):
+  """One draw g(x) and the EOT image E[g(x)] over `samples` draws.
+
+  Args:
+    layer: an `AdversarialTransform`.
+    x: float32 images.
+    samples: draws averaged for E[g(x)] (paper Fig. 4 uses 5000).
+
+  Returns:
+    `(g_x, mean_g_x)` as NumPy arrays of the shape of `x`.
+  """
+  x = tf.convert_to_tensor(x, tf.float32)
+  g_x = np.asarray(layer.transform(x))
+  tiled = tf.tile(x, [samples] + [1] * (len(x.shape) - 1))
+  draws = np.asarray(layer.transform(tiled)).reshape((samples,) + tuple(x.shape))
+  return g_x, draws.mean(axis=0)
+
+
+def plot_transform_grid(columns, path, title):
+  """A grid: one row per image, one column per view (paper Figs. 2 and 4).
+
+  Args:
+    columns: ordered dict column label -> images `(n, h, w, c)` in [0, 1].
+    path: PNG path.
+    title: figure title.
+  """
+  labels = list(columns)
+  rows = len(next(iter(columns.values())))
+  figure, axes = plt.subplots(rows, len(labels), squeeze=False,
+                              figsize=(1.6 * len(labels), 1.6 * rows + 0.4))
+  for col, label in enumerate(labels):
+    for row in range(rows):
+      image = np.clip(np.asarray(columns[label][row]), 0.0, 1.0)
+      axis = axes[row][col]
+      axis.imshow(image.squeeze(), cmap="gray" if image.shape[-1] == 1 else None,
+                  vmin=0.0, vmax=1.0)
+      axis.set_xticks([])
+      axis.set_yticks([])
+      if row == 0:
+        axis.set_title(label, fontsize=8)
+  figure.suptitle(title, fontsize=9)
+  figure.tight_layout()
+  figure.savefig(path, dpi=100)
+  plt.close(figure)
+
+
+def write_report(report_dir, suite_result, flags, extras=None, meta=None,
+                 grid=None, eot_curve=None):
+  """Writes report.json, report.md and the PNG plots into `report_dir`.
+
+  Args:
+    report_dir: output directory (created).
+    suite_result: a `suite.SuiteResult`.
+    flags: list of `sanity.Flag`.
+    extras: dict from `sanity.run_checks` (holds `accuracy_vs_epsilon`).
+    meta: run facts (`data`, `split`, `model`, ...).
+    grid: optional dict column label -> images for the transform grid.
+    eot_curve: optional dict EOT samples -> accuracy.
+
+  Returns:
+    dict file kind -> path of what was written.
+  """
+  os.makedirs(report_dir, exist_ok=True)
+  extras = dict(extras or {})
+  if eot_curve:
+    extras["accuracy_vs_eot"] = {str(k): v for k, v in sorted(eot_curve.items())}
+  report = report_dict(suite_result, flags, extras, meta)
+  data = report["meta"].get("data", "")
+  paths = {"json": os.path.join(report_dir, "report.json"),
+           "md": os.path.join(report_dir, "report.md")}
+  with open(paths["json"], "w") as f:
+    json.dump(report, f, indent=1)
+  with open(paths["md"], "w") as f:
+    f.write(markdown(report))
+  curve = {float(e): a for e, a in extras.get("accuracy_vs_epsilon", {}).items()}
+  if curve:
+    paths["epsilon_png"] = os.path.join(report_dir, "accuracy_vs_epsilon.png")
+    plot_accuracy_vs_epsilon(
+        curve, paths["epsilon_png"],
+        f"{extras.get('reference_attack')}, {data}, {report['images']} images",
+        clean=suite_result.clean.mean_accuracy)
+  if eot_curve:
+    paths["eot_png"] = os.path.join(report_dir, "accuracy_vs_eot.png")
+    plot_accuracy_vs_eot(eot_curve, paths["eot_png"],
+                         f"{extras.get('eot_attack', 'EOT')}, {data}, "
+                         f"{report['images']} images")
+  if grid:
+    paths["grid_png"] = os.path.join(report_dir, "transform_grid.png")
+    plot_transform_grid(grid, paths["grid_png"],
+                        f"x / g(x) / E[g(x)] / x_adv ({data})")
+  return paths
+
+
+def print_summary(report_path_or_dict):
+  """Returns the markdown table and flags of a report (for printing)."""
+  report = report_path_or_dict
+  if isinstance(report, str):
+    with open(report) as f:
+      report = json.load(f)
+  return table_markdown(report) + "\n\n" + sanity.format_flags(
+      [sanity.Flag(**f) for f in report["flags"]])

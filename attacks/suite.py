@@ -1,0 +1,715 @@
+"""The attack suite: a registry of attacks, presets and the per-example worst case.
+
+Implements the evaluation of Xiao & Zheng (CVPR 2020), Sec. 4 (the `paper`
+preset: BPDA with softsign / tanh, BPDA-I with EOT, unrolled autodiff,
+white-box and black-box transfer, HopSkipJump, GenAttack, reparameterization)
+and what a careful evaluator adds (the `adaptive` preset: BPDA-I+EOT PGD with
+restarts, APGD-CE and APGD-DLR-targeted with EOT on BPDA-I and BPDA,
+cheaper-defense transfer from g_k with k in {1, 2, 3} (Croce et al. 2022),
+white-box transfer, Square). `full` runs both.
+
+For a model containing `AdversarialTransform` the white-box attacks go through
+the gradient estimators of `attacks.estimators`. For a plain classifier they
+run on the model directly: estimator variants collapse into one attack per
+family (`pgd`, `pgd_restarts`, `apgd_ce`, `apgd_dlr_t`), EOT is off (the model
+is deterministic) and attacks needing the transform are skipped.
+
+Every final adversarial image is scored with R fresh, seeded draws
+(`attacks.scoring`). The worst case is per example: an image counts as robust
+only if it is correct in every draw on its clean version and on the output of
+every attack run.
+"""
+
+import contextlib
+import dataclasses
+import time
+import zlib
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from adv_layer.layer import find_transforms
+from attacks import apgd
+from attacks import common
+from attacks import estimators
+from attacks import genattack
+from attacks import hopskipjump
+from attacks import pgd
+from attacks import reparam
+from attacks import scoring
+from attacks import spsa
+from attacks import square
+from attacks import transfer
+
+__all__ = [
+    "AttackResult", "AttackSpec", "Budget", "PRESETS", "REGISTRY", "SuiteResult",
+    "Target", "count_passes", "plan", "planned", "rerun", "resolve_attacks",
+    "run_attack", "run_suite", "worst_case"
+]
+
+WHITE_BOX, TRANSFER, QUERY, REPARAM = (
+    "white-box", "transfer", "query", "reparameterization")
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+  """The attacker's budget, shared by every attack of a run.
+
+  Attributes:
+    epsilon: L∞ radius (default 8/255 on [0, 1] images).
+    steps: iterations of gradient attacks (SPSA steps too).
+    restarts: random restarts of the attacks that take them.
+    eot_samples: draws of g averaged per gradient (EOT).
+    queries: model evaluations per image of query-based attacks.
+    chunk_size: most images per model call inside EOT (None: all at once).
+    value_range: `(low, high)` of valid pixel values.
+  """
+  epsilon: float = 8 / 255
+  steps: int = 20
+  restarts: int = 1
+  eot_samples: int = 1
+  queries: int = 1000
+  chunk_size: object = None
+  value_range: tuple = (0.0, 1.0)
+
+  def validate(self):
+    """Raises ValueError naming the first bad field."""
+    common.validate_attack_args(self.epsilon, steps=self.steps,
+                                restarts=self.restarts,
+                                value_range=self.value_range,
+                                eot_samples=self.eot_samples)
+    common.check_number("queries", self.queries, minimum=1, integer=True)
+    return self
+
+
+class Target:
+  """The model under attack and what attacks may use besides it.
+
+  Args:
+    model: the Keras model under attack (defended or plain), logits out.
+    surrogate: an independently trained Keras model for black-box transfer,
+      or None.
+    train_images: training images for the reparameterization attack, or None.
+  """
+
+  def __init__(self, model, surrogate=None, train_images=None):
+    if not isinstance(model, keras.Model):
+      raise TypeError(f"`model` must be a keras.Model. Received: model={model!r}")
+    self.model = model
+    self.surrogate = surrogate
+    self.train_images = train_images
+    self.transforms = find_transforms(model)
+
+  @property
+  def defended(self):
+    """Whether the model contains an `AdversarialTransform`."""
+    return bool(self.transforms)
+
+  def forward_fn(self):
+    """The model as a query oracle: a fresh draw of g per call."""
+    return lambda images: self.model(images, training=False)
+
+  def white_box_fn(self, estimator, seed=None, **estimator_kwargs):
+    """A differentiable model_fn: through `estimator` if defended, else direct."""
+    if not self.defended:
+      return self.forward_fn()
+    return estimators.defended_model_fn(self.model, estimator, seed=seed,
+                                        **estimator_kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackSpec:
+  """One registered attack.
+
+  Attributes:
+    name: registry key.
+    description: one line.
+    kind: "white-box", "transfer", "query" or "reparameterization".
+    fields: the `Budget` fields it uses (recorded with its figures).
+    build: `(target, x, y, budget, seed) -> x_adv`.
+    family: on a plain classifier, specs of one family are the same attack
+      (the estimator is irrelevant); only the first runs, under this name.
+    needs_transform: skipped on a plain classifier (its source is f_a or g).
+    needs_surrogate: skipped without a surrogate model.
+    estimator: the gradient estimator through g (None: not a white-box attack).
+  """
+  name: str
+  description: str
+  kind: str
+  fields: tuple
+  build: object
+  family: str = None
+  needs_transform: bool = False
+  needs_surrogate: bool = False
+  estimator: str = None
+
+
+def _eot(target, budget):
+  """EOT samples: the budget's on a defended model, 1 on a deterministic one."""
+  return budget.eot_samples if target.defended else 1
+
+
+def _pgd_build(estimator, restarts=None, **estimator_kwargs):
+  """PGD through `estimator` with EOT; `restarts` None takes the budget's."""
+
+  def build(target, x, y, budget, seed):
+    model_fn = target.white_box_fn(estimator, **estimator_kwargs)
+    return pgd.pgd(
+        model_fn, x, y, epsilon=budget.epsilon, steps=budget.steps,
+        restarts=budget.restarts if restarts is None else restarts,
+        eot_samples=_eot(target, budget), chunk_size=budget.chunk_size,
+        value_range=budget.value_range, seed=seed)
+
+  return build
+
+
+def _apgd_build(estimator, loss, **estimator_kwargs):
+  """APGD with `loss` through `estimator` with EOT and restarts."""
+
+  def build(target, x, y, budget, seed):
+    model_fn = target.white_box_fn(estimator, **estimator_kwargs)
+    return apgd.apgd(
+        model_fn, x, y, epsilon=budget.epsilon, steps=budget.steps,
+        restarts=budget.restarts, loss=loss, eot_samples=_eot(target, budget),
+        chunk_size=budget.chunk_size, value_range=budget.value_range, seed=seed)
+
+  return build
+
+
+def _cheaper_build(k):
+  """BPDA+EOT PGD on f_a(g_k(.)), g with only k LL-PGD steps; replayed on g."""
+
+  def build(target, x, y, budget, seed):
+    source_fn = transfer.cheaper_defense_model_fn(target.model, steps=k)
+    return transfer.transfer(
+        source_fn, x, y, epsilon=budget.epsilon, steps=budget.steps,
+        restarts=budget.restarts, eot_samples=budget.eot_samples,
+        value_range=budget.value_range, seed=seed)
+
+  return build
+
+
+def _transfer_build(source):
+  """PGD on a source model ("classifier": f_a; "surrogate"), replayed."""
+
+  def build(target, x, y, budget, seed):
+    if source == "classifier":
+      source_fn = transfer.classifier_model_fn(target.model)
+    else:
+      source_fn = lambda images: target.surrogate(images, training=False)
+    return transfer.transfer(
+        source_fn, x, y, epsilon=budget.epsilon, steps=budget.steps,
+        restarts=budget.restarts, value_range=budget.value_range, seed=seed)
+
+  return build
+
+
+def _square_build(target, x, y, budget, seed):
+  return square.square(
+      target.forward_fn(), x, y, epsilon=budget.epsilon, queries=budget.queries,
+      value_range=budget.value_range, seed=seed)
+
+
+def spsa_samples(budget):
+  """SPSA evaluations per step so that 1 + steps * (samples + 1) <= queries."""
+  samples = (budget.queries - 1) // budget.steps - 1
+  return max(2, samples - samples % 2)
+
+
+def _spsa_build(target, x, y, budget, seed):
+  return spsa.spsa(
+      target.forward_fn(), x, y, epsilon=budget.epsilon, steps=budget.steps,
+      samples=spsa_samples(budget), value_range=budget.value_range, seed=seed)
+
+
+# HopSkipJump's cost per iteration t: about initial_evals * sqrt(t) decisions
+# for the gradient estimate plus this many for the boundary and step searches.
+HSJ_SEARCH_QUERIES = 25
+HSJ_INITIAL_EVALS = 100
+GENATTACK_POPULATION = 6
+
+
+def hsj_iterations(budget):
+  """The most HopSkipJump iterations whose estimated cost fits `queries`."""
+  spent, iterations = 0.0, 0
+  while True:
+    cost = HSJ_INITIAL_EVALS * np.sqrt(iterations + 1) + HSJ_SEARCH_QUERIES
+    if spent + cost > budget.queries:
+      return max(1, iterations)
+    spent += cost
+    iterations += 1
+
+
+def genattack_generations(budget):
+  """GenAttack generations so that population * generations <= queries."""
+  return max(1, budget.queries // GENATTACK_POPULATION)
+
+
+def _hop_skip_jump_build(target, x, y, budget, seed):
+  return hopskipjump.hop_skip_jump(
+      target.forward_fn(), x, y, epsilon=budget.epsilon,
+      iterations=hsj_iterations(budget), initial_evals=HSJ_INITIAL_EVALS,
+      value_range=budget.value_range, seed=seed)
+
+
+def _gen_attack_build(target, x, y, budget, seed):
+  return genattack.gen_attack(
+      target.forward_fn(), x, y, epsilon=budget.epsilon,
+      population=GENATTACK_POPULATION, generations=genattack_generations(budget),
+      value_range=budget.value_range, seed=seed)
+
+
+def _reparam_build(target, x, y, budget, seed):
+  if target.train_images is None:
+    raise ValueError("The reparameterization attack needs training images. "
+                     "Received: train_images=None")
+  h = reparam.train_reparameterization(target.transforms[0], target.train_images,
+                                       seed=seed)
+  return pgd.pgd(
+      reparam.reparam_model_fn(target.model, h), x, y, epsilon=budget.epsilon,
+      steps=budget.steps, restarts=budget.restarts, chunk_size=budget.chunk_size,
+      value_range=budget.value_range, seed=seed)
+
+
+_GRADIENT_FIELDS = ("epsilon", "steps", "restarts", "eot_samples")
+_TRANSFER_FIELDS = ("epsilon", "steps", "restarts")
+
+
+def _specs():
+  """Every registered attack, in the order reports list them."""
+  return [
+      AttackSpec("bpda_softsign", "PGD, BPDA backward with sign -> softsign, EOT",
+                 WHITE_BOX, ("epsilon", "steps", "eot_samples"),
+                 _pgd_build("bpda", restarts=1, sign_surrogate="softsign"),
+                 family="pgd", estimator="bpda"),
+      AttackSpec("bpda_tanh", "PGD, BPDA backward with sign -> tanh, EOT",
+                 WHITE_BOX, ("epsilon", "steps", "eot_samples"),
+                 _pgd_build("bpda", restarts=1, sign_surrogate="tanh"),
+                 family="pgd", estimator="bpda"),
+      AttackSpec("bpda_identity_eot", "PGD, BPDA-I (backward of g = identity), EOT",
+                 WHITE_BOX, ("epsilon", "steps", "eot_samples"),
+                 _pgd_build("bpda_identity", restarts=1), family="pgd",
+                 estimator="bpda_identity"),
+      AttackSpec("unrolled", "PGD, plain autodiff through the unrolled LL-PGD loop",
+                 WHITE_BOX, ("epsilon", "steps", "eot_samples"),
+                 _pgd_build("unrolled", restarts=1), family="pgd",
+                 estimator="unrolled"),
+      AttackSpec("pgd_restarts_bpda_identity",
+                 "PGD with random restarts, BPDA-I, EOT", WHITE_BOX,
+                 _GRADIENT_FIELDS, _pgd_build("bpda_identity"),
+                 family="pgd_restarts", estimator="bpda_identity"),
+      AttackSpec("apgd_ce_bpda_identity", "APGD-CE, BPDA-I, EOT, restarts",
+                 WHITE_BOX, _GRADIENT_FIELDS,
+                 _apgd_build("bpda_identity", "ce"), family="apgd_ce",
+                 estimator="bpda_identity"),
+      AttackSpec("apgd_dlr_t_bpda_identity",
+                 "APGD-DLR targeted, BPDA-I, EOT, restarts", WHITE_BOX,
+                 _GRADIENT_FIELDS, _apgd_build("bpda_identity", "dlr_targeted"),
+                 family="apgd_dlr_t", estimator="bpda_identity"),
+      AttackSpec("apgd_ce_bpda", "APGD-CE, BPDA (softsign), EOT, restarts",
+                 WHITE_BOX, _GRADIENT_FIELDS,
+                 _apgd_build("bpda", "ce", sign_surrogate="softsign"),
+                 family="apgd_ce", estimator="bpda"),
+      AttackSpec("apgd_dlr_t_bpda", "APGD-DLR targeted, BPDA (softsign), EOT, "
+                 "restarts", WHITE_BOX, _GRADIENT_FIELDS,
+                 _apgd_build("bpda", "dlr_targeted", sign_surrogate="softsign"),
+                 family="apgd_dlr_t", estimator="bpda"),
+  ] + [
+      AttackSpec(f"cheaper_transfer_k{k}",
+                 f"BPDA+EOT PGD on f_a(g_{k}) ({k} LL-PGD steps), replayed on g",
+                 TRANSFER, _GRADIENT_FIELDS, _cheaper_build(k),
+                 needs_transform=True) for k in (1, 2, 3)
+  ] + [
+      AttackSpec("whitebox_transfer", "PGD on f_a alone, replayed on f_a(g(.))",
+                 TRANSFER, _TRANSFER_FIELDS, _transfer_build("classifier"),
+                 needs_transform=True),
+      AttackSpec("blackbox_transfer",
+                 "PGD on an independently trained surrogate, replayed", TRANSFER,
+                 _TRANSFER_FIELDS, _transfer_build("surrogate"),
+                 needs_surrogate=True),
+      AttackSpec("square", "Square Attack (score-based random search)", QUERY,
+                 ("epsilon", "queries"), _square_build),
+      AttackSpec("spsa", "SPSA gradient-free Adam on the margin", QUERY,
+                 ("epsilon", "steps", "queries"), _spsa_build),
+      AttackSpec("hop_skip_jump", "HopSkipJump (decision-based), foolbox "
+                 "defaults, iterations fitted to the query budget", QUERY,
+                 ("epsilon", "queries"), _hop_skip_jump_build),
+      AttackSpec("gen_attack", "GenAttack (genetic), population 6, "
+                 "generations = queries / 6", QUERY, ("epsilon", "queries"),
+                 _gen_attack_build),
+      AttackSpec("reparam", "PGD on f_a(h(.)), h a conv net trained to mimic g",
+                 REPARAM, _TRANSFER_FIELDS, _reparam_build,
+                 needs_transform=True),
+  ]
+
+
+REGISTRY = {spec.name: spec for spec in _specs()}
+
+PRESETS = {
+    "paper": ("bpda_softsign", "bpda_tanh", "bpda_identity_eot", "unrolled",
+              "whitebox_transfer", "blackbox_transfer", "hop_skip_jump",
+              "gen_attack", "reparam"),
+    "adaptive": ("pgd_restarts_bpda_identity", "apgd_ce_bpda_identity",
+                 "apgd_dlr_t_bpda_identity", "apgd_ce_bpda", "apgd_dlr_t_bpda",
+                 "cheaper_transfer_k1", "cheaper_transfer_k2",
+                 "cheaper_transfer_k3", "whitebox_transfer", "square"),
+}
+PRESETS["full"] = tuple(dict.fromkeys(PRESETS["paper"] + PRESETS["adaptive"]))
+
+
+def resolve_attacks(names):
+  """Expands presets and checks names.
+
+  Args:
+    names: attack names and/or preset names (`paper`, `adaptive`, `full`).
+
+  Returns:
+    The attack names in order, without repeats.
+
+  Raises:
+    ValueError: for an unknown name.
+  """
+  if isinstance(names, str):
+    names = [names]
+  resolved = []
+  for name in names:
+    if name in PRESETS:
+      resolved.extend(PRESETS[name])
+    elif name in REGISTRY:
+      resolved.append(name)
+    else:
+      raise ValueError(f"Unknown attack or preset; known: {sorted(PRESETS)} + "
+                       f"{sorted(REGISTRY)}. Received: attacks={name!r}")
+  return list(dict.fromkeys(resolved))
+
+
+def planned(target, attacks):
+  """The display names `run_suite` would run on `target` for `attacks`."""
+  return [name for name, _ in plan(target, resolve_attacks(attacks))[0]]
+
+
+def plan(target, names):
+  """The (display name, spec) pairs to run on `target`, and skipped names.
+
+  Args:
+    target: a `Target`.
+    names: resolved attack names.
+
+  Returns:
+    `(runs, skipped)`: a list of `(name, AttackSpec)` and a dict name -> reason.
+  """
+  runs, skipped, families = [], {}, set()
+  for name in names:
+    spec = REGISTRY[name]
+    if spec.needs_transform and not target.defended:
+      skipped[name] = "needs an AdversarialTransform (plain classifier)"
+    elif spec.needs_surrogate and target.surrogate is None:
+      skipped[name] = "no surrogate model given"
+    elif not target.defended and spec.family:
+      if spec.family in families:
+        skipped[name] = f"same as {spec.family} on a plain classifier"
+      else:
+        families.add(spec.family)
+        runs.append((spec.family, spec))
+    else:
+      runs.append((name, spec))
+  return runs, skipped
+
+
+@contextlib.contextmanager
+def count_passes(model, transforms):
+  """Counts forward image passes of `model` and of each transform's f_b.
+
+  Wraps the `call` of the model and of every distinct f_b with a counter that
+  adds the batch size (works eagerly and inside `tf.function`). The transform
+  runs 1 + N forwards of f_b per image per draw (N = 13 in the paper), N of
+  them followed by an input-gradient pass.
+
+  Args:
+    model: the Keras model under attack.
+    transforms: its `AdversarialTransform` layers.
+
+  Yields:
+    A dict `{"model": tf.Variable, "f_b": tf.Variable}` of int64 counters.
+  """
+  counters = {"model": tf.Variable(0, dtype=tf.int64, trainable=False),
+              "f_b": tf.Variable(0, dtype=tf.int64, trainable=False)}
+  wrapped = [(model, counters["model"])]
+  f_bs = {id(layer.f_b): layer.f_b for layer in transforms}
+  wrapped += [(f_b, counters["f_b"]) for f_b in f_bs.values()]
+
+  def counting(call, counter):
+    def wrapper(inputs, *args, **kwargs):
+      counter.assign_add(tf.cast(tf.shape(inputs)[0], tf.int64))
+      return call(inputs, *args, **kwargs)
+    return wrapper
+
+  saved = [layer.__dict__.get("call") for layer, _ in wrapped]
+  for layer, counter in wrapped:
+    layer.call = counting(layer.call, counter)
+  try:
+    yield counters
+  finally:
+    for (layer, _), own_call in zip(wrapped, saved):
+      del layer.call
+      if own_call is not None:
+        layer.call = own_call
+
+
+@dataclasses.dataclass
+class AttackResult:
+  """One attack run and its score.
+
+  Attributes:
+    name: the attack's display name.
+    kind: its `AttackSpec.kind`.
+    description: one line.
+    budget: dict of the budget fields it used.
+    score: `scoring.Score` of its final images.
+    elapsed_s: seconds spent crafting (scoring excluded).
+    f_b_passes: forward image passes of f_b while crafting (counted).
+    model_passes: forward image passes of the whole model while crafting.
+    x_adv: the final adversarial images (NumPy), or None once dropped.
+    seed: the attack's seed.
+  """
+  name: str
+  kind: str
+  description: str
+  budget: dict
+  score: scoring.Score
+  elapsed_s: float
+  f_b_passes: int
+  model_passes: int
+  x_adv: object = None
+  seed: object = None
+
+  @property
+  def throughput(self):
+    """f_b passes per second while crafting."""
+    return self.f_b_passes / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+  def to_dict(self):
+    return {
+        "name": self.name, "kind": self.kind, "description": self.description,
+        "budget": self.budget, "seed": self.seed,
+        "elapsed_s": self.elapsed_s, "f_b_passes": self.f_b_passes,
+        "model_passes": self.model_passes,
+        "f_b_passes_per_s": self.throughput, **self.score.to_dict()
+    }
+
+
+def attack_seed(seed, name):
+  """A per-attack seed derived from the run's seed and the attack's name."""
+  if seed is None:
+    return None
+  return (seed * 1000003 + zlib.crc32(name.encode())) % (2**31 - 1)
+
+
+def budget_record(spec, target, budget):
+  """The budget fields an attack used, as recorded beside its figures."""
+  record = {field: getattr(budget, field) for field in spec.fields}
+  if "eot_samples" in record and spec.kind == WHITE_BOX:
+    record["eot_samples"] = _eot(target, budget)
+  if spec.name == "spsa":
+    record["samples"] = spsa_samples(budget)
+  if spec.name == "hop_skip_jump":
+    record["iterations"] = hsj_iterations(budget)
+  if spec.name == "gen_attack":
+    record["generations"] = genattack_generations(budget)
+  if spec.name == "reparam":
+    record["h_training"] = "attacks.reparam.train_reparameterization defaults"
+  if spec.estimator and target.defended:
+    record["estimator"] = spec.estimator
+  return record
+
+
+def check_adversarial(x_adv, x, budget, name):
+  """Raises if an attack left the epsilon-ball or the value range."""
+  x_adv = np.asarray(x_adv, np.float32)
+  distance = float(np.max(np.abs(x_adv - x))) if x.size else 0.0
+  low, high = budget.value_range
+  if (x_adv.shape != x.shape or distance > budget.epsilon + 1e-5 or
+      x_adv.min(initial=low) < low or x_adv.max(initial=high) > high):
+    raise ValueError(
+        f"Attack {name} returned images outside the budget (epsilon="
+        f"{budget.epsilon}, value_range={budget.value_range}). Received: "
+        f"shape={x_adv.shape}, max distance={distance}")
+  return x_adv
+
+
+def run_attack(target, name, spec, x, y, budget, seed=0, draws=5):
+  """Runs one attack, counts its cost and scores its images.
+
+  Args:
+    target: a `Target`.
+    name: display name.
+    spec: its `AttackSpec`.
+    x: float32 images (NumPy).
+    y: int labels (NumPy).
+    budget: a `Budget`.
+    seed: the run's seed (the attack's own is derived from it and `name`).
+    draws: R, draws of the model per scored image.
+
+  Returns:
+    An `AttackResult`.
+  """
+  own_seed = attack_seed(seed, name)
+  # The model's own draws (query oracles, replays) restart from the attack's
+  # seed, so a seeded attack on a random model repeats.
+  with count_passes(target.model, target.transforms) as counters, \
+      scoring.reseeded(target.model, own_seed):
+    start = time.perf_counter()
+    x_adv = spec.build(target, tf.constant(x), tf.constant(y), budget, own_seed)
+    x_adv = check_adversarial(x_adv, x, budget, name)
+    elapsed = time.perf_counter() - start
+  return AttackResult(
+      name=name, kind=spec.kind, description=spec.description,
+      budget=budget_record(spec, target, budget),
+      score=scoring.score(target.model, x_adv, y, draws=draws, seed=seed),
+      elapsed_s=elapsed, f_b_passes=int(counters["f_b"].numpy()),
+      model_passes=int(counters["model"].numpy()), x_adv=x_adv, seed=own_seed)
+
+
+def worst_case(clean, results, kinds=None):
+  """Per-example worst case over the clean images and every attack run.
+
+  An image is robust only if it is correct in every draw on its clean version
+  and on every attack's output (strict over draws). The mean figure takes,
+  per image, the lowest fraction of correct draws over those runs.
+
+  Args:
+    clean: `scoring.Score` of the clean images.
+    results: `AttackResult`s (all on the same images).
+    kinds: restrict to attacks of these kinds (None: all).
+
+  Returns:
+    dict with `strict_accuracy`, `mean_accuracy`, `robust` (bool array),
+    `strongest` (name of the attack with the lowest own strict accuracy, ties
+    broken by the mean; None without attacks) and `attacks` (names included).
+  """
+  chosen = [r for r in results if kinds is None or r.kind in kinds]
+  robust = clean.robust.copy()
+  per_example = clean.per_example_mean.copy()
+  for result in chosen:
+    robust &= result.score.robust
+    per_example = np.minimum(per_example, result.score.per_example_mean)
+  strongest = min(chosen, key=lambda r: (r.score.strict_accuracy,
+                                         r.score.mean_accuracy), default=None)
+  return {
+      "strict_accuracy": float(np.mean(robust)) if robust.size else 0.0,
+      "mean_accuracy": float(np.mean(per_example)) if per_example.size else 0.0,
+      "robust": robust,
+      "strongest": strongest.name if strongest else None,
+      "attacks": [r.name for r in chosen],
+  }
+
+
+@dataclasses.dataclass
+class SuiteResult:
+  """Everything one suite run produced.
+
+  Attributes:
+    clean: `scoring.Score` of the clean images.
+    results: list of `AttackResult`.
+    skipped: dict attack name -> reason.
+    failed: dict attack name -> error, attacks that raised (`keep_going`).
+    worst: `worst_case` over all attacks.
+    worst_white_box: `worst_case` over white-box attacks only (the paper's
+      "Ours (under BPDA)" row).
+    budget: the `Budget`.
+    seed: the run's seed.
+    draws: R.
+    defended: whether the model contains an `AdversarialTransform`.
+  """
+  clean: scoring.Score
+  results: list
+  skipped: dict
+  failed: dict
+  worst: dict
+  worst_white_box: dict
+  budget: Budget
+  seed: object
+  draws: int
+  defended: bool
+
+
+def run_suite(target, x, y, attacks, budget=Budget(), seed=0, draws=5,
+              progress=None, keep_going=False):
+  """Runs attacks on one set of images and aggregates the worst case.
+
+  Args:
+    target: a `Target`.
+    x: float32 images (NumPy), inside `budget.value_range`.
+    y: int labels.
+    attacks: attack or preset names (see `resolve_attacks`).
+    budget: a `Budget`.
+    seed: integer seed of the attacks and of the scoring draws.
+    draws: R, draws of the model per scored image (>= 1; 5 or more advised).
+    progress: optional callable `(AttackResult) -> None`, called after each
+      attack (e.g. to advance a tqdm bar).
+    keep_going: record an attack that raises in `SuiteResult.failed` and go
+      on (the sanity checks flag it) instead of raising.
+
+  Returns:
+    A `SuiteResult`.
+
+  Raises:
+    ValueError: for unknown attacks or a bad budget.
+  """
+  budget.validate()
+  x = np.asarray(x, np.float32)
+  y = np.asarray(y, np.int32)
+  x, _ = common.check_images_labels(x, y, budget.value_range)
+  x = x.numpy()
+  runs, skipped = plan(target, resolve_attacks(attacks))
+  clean = scoring.score(target.model, x, y, draws=draws, seed=seed)
+  results = []
+  failed = {}
+  for name, spec in runs:
+    try:
+      results.append(run_attack(target, name, spec, x, y, budget, seed, draws))
+    except Exception as error:  # pylint: disable=broad-except
+      if not keep_going:
+        raise
+      failed[name] = f"{type(error).__name__}: {error}"
+      continue
+    if progress is not None:
+      progress(results[-1])
+  return SuiteResult(
+      clean=clean, results=results, skipped=skipped, failed=failed,
+      worst=worst_case(clean, results),
+      worst_white_box=worst_case(clean, results, kinds=(WHITE_BOX,)),
+      budget=budget, seed=seed, draws=draws, defended=target.defended)
+
+
+def rerun(target, name, x, y, budget, seed=0, draws=5, **changes):
+  """Runs one planned attack by name, with some budget fields changed.
+
+  Used for sweeps (accuracy vs epsilon, vs EOT samples) and the convergence
+  check (2x steps or restarts).
+
+  Args:
+    target: a `Target`.
+    name: a display name as `run_suite` reports it (e.g. "pgd" on a plain
+      classifier) or a registry name.
+    x: images.
+    y: their labels.
+    budget: the base `Budget`.
+    seed: the run's seed.
+    draws: R.
+    **changes: `Budget` fields to replace.
+
+  Returns:
+    An `AttackResult`.
+
+  Raises:
+    ValueError: if `name` is not an attack that runs on `target`.
+  """
+  runs = dict(plan(target, list(REGISTRY))[0])
+  if name not in runs:
+    raise ValueError(f"Attack {name!r} does not run on this model; runnable: "
+                     f"{sorted(runs)}. Received: name={name!r}")
+  changed = dataclasses.replace(budget, **changes).validate()
+  return run_attack(target, name, runs[name], np.asarray(x, np.float32),
+                    np.asarray(y, np.int32), changed, seed, draws)

@@ -1,0 +1,515 @@
+r"""Benchmark of the adversarial transform g(x) and of training with it.
+
+Measures, in one run on one machine (DESIGN.md "Performance"; issue 2 Sec. 6):
+
+1. The transform's throughput in images/s for the paper's f_b (small VGG,
+   Xiao & Zheng Sec. 3.2 / Appendix A.1) at the paper's Δ = 0.2, N = 13, and
+   its achieved FLOP rate as a fraction of this machine's fp32 matmul FLOP rate,
+   measured in the same run. FLOPs are counted analytically per layer: one
+   transform is 14 forward passes of f_b (one on the clean input for y_LL, one
+   per step) and 13 input-gradient passes. A conv's (or dense layer's)
+   input-gradient pass is counted as equal to its forward FLOPs (it is the
+   transposed convolution with the same multiply-adds); weight gradients are
+   not needed (f_b is frozen) and not counted; batch norm, ReLU, pooling, the
+   loss and the projection are elementwise and not counted (under 1%).
+2. Time per training epoch of the defended model f_a(g(x)) vs PGD-7
+   adversarial training (Madry et al.) of the same f_a on the same images,
+   side by side, both with `model.fit`.
+3. Optionally a bfloat16 inner loop: a copy of f_b under the
+   `mixed_bfloat16` policy runs inside the same float32 LL-PGD loop (only the
+   sign of its gradient is used); its speed and the fraction of pixels of g(x)
+   equal to the float32 result under the same random start.
+
+Usage (the defaults are the paper's transform settings on CIFAR-10):
+  TFDS_DATA_DIR=... python examples/benchmark.py
+  python examples/benchmark.py --data=random --batch_size=64 --repeats=2 \
+      --train_images=256 --json_out=/tmp/bench.json
+"""
+
+import json
+import os
+import platform
+import subprocess
+import time
+
+from absl import app
+from absl import flags
+import keras
+import numpy as np
+import tensorflow as tf
+
+import adv_layer
+from adv_layer import models
+from adv_layer import transform
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """Defines the command-line flags; called by `__main__` only, so a test that
+  imports this module defines none (and cannot clash with other examples)."""
+  flags.DEFINE_enum("data", "cifar10", ["cifar10", "random"],
+                    "Images to time on: the CIFAR-10 train split (tfds, found "
+                    "through TFDS_DATA_DIR) or seeded uniform noise.")
+  flags.DEFINE_integer("batch_size", 256, "Transform batch size.")
+  flags.DEFINE_float("epsilon", 0.2, "Transform radius Δ.")
+  flags.DEFINE_integer("steps", 13, "Transform steps N.")
+  flags.DEFINE_integer("repeats", 3, "Timed repetitions (the best is reported).")
+  flags.DEFINE_integer("matmul_size", 2048, "Side of the square fp32 matmul.")
+  flags.DEFINE_bool("jit_compile", False, "Compile the transform with XLA.")
+  flags.DEFINE_integer("bf16_batch_size", 32,
+                       "Batch of the bfloat16 timing and agreement, a prefix of "
+                       "the fp32 batch (bf16 is slow on CPUs without bf16 "
+                       "units); 0 skips the bfloat16 mode.")
+  flags.DEFINE_string("fb", None, "A trained f_b (.keras file); default: the "
+                      "paper's small VGG with random weights (same speed).")
+  flags.DEFINE_integer("train_images", 512, "Images per training epoch (0 skips).")
+  flags.DEFINE_integer("train_batch_size", 128, "Training batch size.")
+  flags.DEFINE_enum("f_a", "small_cnn", ["small_cnn", "resnet18"], "Classifier f_a.")
+  flags.DEFINE_integer("pgd_steps", 7, "Steps of the PGD adversarial training.")
+  flags.DEFINE_float("pgd_epsilon", 8 / 255, "Budget of the PGD adversarial training.")
+  flags.DEFINE_float("pgd_step_size", 2 / 255, "Step of the PGD adversarial training.")
+  flags.DEFINE_integer("seed", 0, "Seed of the models, data and random starts.")
+  flags.DEFINE_string("json_out", None, "Also write the results to this JSON file.")
+
+
+def machine_info():
+  """CPU model, core count and library versions of this machine.
+
+  Returns:
+    A dict of strings.
+  """
+  model = platform.processor() or platform.machine()
+  try:
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True,
+                           check=False).stdout
+    for line in lscpu.splitlines():
+      if line.startswith("Model name:"):
+        model = line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return {
+      "cpu": model,
+      "cores": str(os.cpu_count()),
+      "tensorflow": tf.__version__,
+      "keras": keras.__version__,
+      "oneDNN": onednn_state(),
+  }
+
+
+def onednn_state():
+  """Whether TensorFlow's oneDNN kernels are on, and why.
+
+  TensorFlow turns them on by default only on CPUs with AVX-512 class
+  features; elsewhere (e.g. AMD EPYC) `TF_ENABLE_ONEDNN_OPTS=1`, set before
+  TensorFlow is imported, turns them on.
+  """
+  setting = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset")
+  try:
+    from tensorflow.python.util import _pywrap_util_port  # pylint: disable=g-import-not-at-top
+    enabled = "on" if _pywrap_util_port.IsMklEnabled() else "off"
+  except (ImportError, AttributeError):
+    enabled = "unknown"
+  return f"{enabled} (TF_ENABLE_ONEDNN_OPTS={setting})"
+
+
+def best_seconds(fn, repeats):
+  """Runs `fn` once to warm up (tracing), then `repeats` times.
+
+  Args:
+    fn: a callable with no arguments whose result can be converted with
+      `np.asarray` (so the work is finished when the clock stops).
+    repeats: timed calls, >= 1.
+
+  Returns:
+    The shortest wall time of the timed calls, in seconds.
+  """
+  np.asarray(fn())
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    np.asarray(fn())
+    times.append(time.perf_counter() - start)
+  return min(times)
+
+
+def matmul_flop_rate(size=2048, repeats=3):
+  """Measures this machine's fp32 matmul rate (the denominator of the target).
+
+  The CPU may be shared: `run_benchmark` measures it before and after the
+  transform and keeps the higher rate, which makes the reported fraction
+  conservative.
+
+  Args:
+    size: side n of the square matrices (2 n^3 FLOPs per product).
+    repeats: timed repetitions.
+
+  Returns:
+    FLOP/s of the best repetition.
+  """
+  a = tf.random.stateless_uniform((size, size), seed=(1, 2))
+  b = tf.random.stateless_uniform((size, size), seed=(3, 4))
+  matmul = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
+  return 2.0 * size**3 / best_seconds(matmul, repeats)
+
+
+def layer_flops(model):
+  """Forward FLOPs per image of each Conv2D and Dense layer of `model`.
+
+  A convolution costs 2·H_out·W_out·k_h·k_w·C_in·C_out, a dense layer
+  2·in·out (one multiply and one add per weight use). Other layers are
+  elementwise and not counted.
+
+  Args:
+    model: a built functional or Sequential `keras.Model`.
+
+  Returns:
+    A list of `(layer name, FLOPs)`.
+  """
+  flops = []
+  for layer in model.layers:
+    if isinstance(layer, keras.layers.Conv2D):
+      kh, kw, c_in, c_out = layer.kernel.shape
+      _, h_out, w_out, _ = layer.output.shape
+      flops.append((layer.name, 2 * h_out * w_out * kh * kw * c_in * c_out))
+    elif isinstance(layer, keras.layers.Dense):
+      c_in, c_out = layer.kernel.shape
+      flops.append((layer.name, 2 * c_in * c_out))
+  return flops
+
+
+def transform_flops(model, steps):
+  """FLOPs per image of one transform: (steps + 1) forward + steps input-gradient passes.
+
+  Args:
+    model: f_b.
+    steps: N.
+
+  Returns:
+    FLOPs per image; an input-gradient pass counts as one forward pass.
+  """
+  forward = sum(f for _, f in layer_flops(model))
+  return (2 * steps + 1) * forward
+
+
+def transform_fn(f_b, epsilon, steps, seed, jit_compile=False):
+  """g as a compiled function of a batch (the loop of `adv_layer.ll_pgd`).
+
+  Args:
+    f_b: the frozen model (logits out).
+    epsilon: Δ.
+    steps: N.
+    seed: integer seed of the random start (the same start every call).
+    jit_compile: compile with XLA.
+
+  Returns:
+    A `tf.function` mapping float32 images to g(images).
+  """
+  return tf.function(
+      lambda x: transform.ll_pgd(f_b, x, epsilon=epsilon, steps=steps, seed=seed),
+      jit_compile=jit_compile)
+
+
+def transform_throughput(g, x, repeats):
+  """Images/s of `g` on the batch `x` (best of `repeats` after a warm-up).
+
+  Args:
+    g: a function of a batch, e.g. from `transform_fn`.
+    x: the batch.
+    repeats: timed repetitions.
+
+  Returns:
+    `(images per second, seconds per batch)`.
+  """
+  seconds = best_seconds(lambda: g(x), repeats)
+  return x.shape[0] / seconds, seconds
+
+
+def bfloat16_copy(f_b):
+  """A copy of f_b computing in bfloat16 (float32 weights, `mixed_bfloat16`).
+
+  The copy shares no variables with f_b: the original stays untouched, and the
+  float32 LL-PGD loop of `adv_layer.ll_pgd` runs unchanged around it (it casts
+  the logits back to float32; the input gradient arrives in float32).
+
+  Args:
+    f_b: a functional or Sequential `keras.Model`.
+
+  Returns:
+    The bfloat16 `keras.Model`, built, with f_b's weights, frozen.
+  """
+  def clone_layer(layer):
+    config = layer.get_config()
+    if not isinstance(layer, keras.layers.InputLayer):
+      config["dtype"] = "mixed_bfloat16"
+    return layer.__class__.from_config(config)
+
+  copy = keras.models.clone_model(f_b, clone_function=clone_layer)
+  copy.set_weights(f_b.get_weights())
+  copy.trainable = False
+  return copy
+
+
+def pixel_agreement(a, b):
+  """Fraction of entries of `a` and `b` that are exactly equal."""
+  return float(np.mean(np.asarray(a) == np.asarray(b)))
+
+
+class MadryTraining(keras.Model):
+  """PGD adversarial training of `f_a` (Madry et al. 2018): the baseline of (b).
+
+  Each `train_step` replaces the batch by PGD examples (random start, `steps`
+  signed steps of the cross-entropy on the true labels, f_a in inference mode)
+  and takes an ordinary training step on them.
+
+  Args:
+    f_a: the classifier (logits out).
+    epsilon: L∞ budget.
+    step_size: step of each signed step.
+    steps: PGD steps.
+    seed: integer seed of the random starts.
+    value_range: `(low, high)` of valid pixel values.
+  """
+
+  def __init__(self, f_a, epsilon, step_size, steps, seed=None,
+               value_range=(0.0, 1.0), **kwargs):
+    super().__init__(**kwargs)
+    self.f_a = f_a
+    self.epsilon = epsilon
+    self.step_size = step_size
+    self.steps = steps
+    self.value_range = value_range
+    self.seed_generator = keras.random.SeedGenerator(seed)
+
+  def call(self, inputs, training=False):
+    return self.f_a(inputs, training=training)
+
+  def adversarial_examples(self, x, y):
+    """PGD-`steps` examples of the batch against the current f_a."""
+    noise = transform.uniform_noise(tf.shape(x), self.epsilon, self.seed_generator)
+    x_adv = transform.project(x + noise, x, self.epsilon, self.value_range)
+    labels = tf.cast(tf.reshape(y, [-1]), tf.int32)
+    for _ in range(self.steps):
+      grad = transform.input_gradient(self.f_a, x_adv, labels)
+      x_adv = transform.project(x_adv + self.step_size * tf.sign(grad), x,
+                                self.epsilon, self.value_range)
+    return tf.stop_gradient(x_adv)
+
+  def train_step(self, data):
+    x, y = data
+    x_adv = self.adversarial_examples(x, y)
+    with tf.GradientTape() as tape:
+      y_pred = self(x_adv, training=True)
+      loss = self.compute_loss(x=x_adv, y=y, y_pred=y_pred)
+    grads = tape.gradient(loss, self.trainable_variables)
+    self.optimizer.apply(grads, self.trainable_variables)
+    return self.compute_metrics(x_adv, y, y_pred)
+
+
+def build_f_a(name, input_shape, seed):
+  """f_a by name (`adv_layer.models`) for images of `input_shape`."""
+  return models.build_model(name, input_shape=tuple(input_shape), seed=seed)
+
+
+def epoch_seconds(model, x, y, batch_size):
+  """Seconds of one `fit` epoch over `(x, y)` after a one-batch warm-up.
+
+  Args:
+    model: a compiled `keras.Model`.
+    x: images.
+    y: labels.
+    batch_size: batch size.
+
+  Returns:
+    Wall seconds of the timed epoch.
+  """
+  model.fit(x[:batch_size], y[:batch_size], batch_size=batch_size, epochs=1,
+            verbose=0, shuffle=False)
+  start = time.perf_counter()
+  model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0, shuffle=False)
+  return time.perf_counter() - start
+
+
+def training_comparison(f_b, f_a_name, x, y, epsilon, steps, pgd_epsilon,
+                        pgd_step_size, pgd_steps, batch_size, seed):
+  """Times one epoch of f_a(g(x)) and of PGD adversarial training of f_a.
+
+  Both start from the same initial f_a weights (same builder and seed), use
+  SGD (lr 0.1, momentum 0.9, the paper's optimiser) and `model.fit`.
+
+  Args:
+    f_b: the transform's model.
+    f_a_name: name of the f_a builder in `adv_layer.models`.
+    x: float32 images in [0, 1].
+    y: int32 labels.
+    epsilon: Δ of the transform.
+    steps: N of the transform.
+    pgd_epsilon: budget of the PGD training.
+    pgd_step_size: step of the PGD training.
+    pgd_steps: steps of the PGD training.
+    batch_size: training batch size.
+    seed: seed of f_a's initial weights and of the random starts.
+
+  Returns:
+    `{"defended": seconds, "pgd": seconds}` for one epoch over `x`.
+  """
+  def compile_model(model):
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  jit_compile=False)
+    return model
+
+  defended = compile_model(keras.Sequential([
+      keras.Input(x.shape[1:]),
+      adv_layer.AdversarialTransform(f_b, epsilon=epsilon, steps=steps, seed=seed),
+      build_f_a(f_a_name, x.shape[1:], seed),
+  ]))
+  madry = compile_model(MadryTraining(build_f_a(f_a_name, x.shape[1:], seed),
+                                      pgd_epsilon, pgd_step_size, pgd_steps,
+                                      seed=seed))
+  return {
+      "defended": epoch_seconds(defended, x, y, batch_size),
+      "pgd": epoch_seconds(madry, x, y, batch_size),
+  }
+
+
+def load_images(data, count, seed):
+  """`count` float32 images in [0, 1] and int32 labels.
+
+  Args:
+    data: "cifar10" (the first `count` train images, via tfds) or "random".
+    count: number of images.
+    seed: seed of the random images.
+
+  Returns:
+    `(images, labels)` as numpy arrays.
+  """
+  if data == "random":
+    rng = np.random.default_rng(seed)
+    return (rng.uniform(0, 1, (count, 32, 32, 3)).astype(np.float32),
+            rng.integers(0, 10, count).astype(np.int32))
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  images, labels = tfds.as_numpy(tfds.load(
+      "cifar10", split=f"train[:{count}]", batch_size=-1, as_supervised=True,
+      download=False))
+  return images.astype(np.float32) / 255.0, labels.astype(np.int32)
+
+
+def format_table(rows):
+  """Two aligned columns, one `(name, value)` row per line."""
+  width = max(len(name) for name, _ in rows)
+  return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def run_benchmark(f_b, x, epsilon, steps, repeats, matmul_size, jit_compile,
+                  bf16_batch_size, seed):
+  """Parts (a) and (c): the transform's speed, FLOP fraction and bf16 mode.
+
+  Args:
+    f_b: the model of the transform.
+    x: the fp32 batch.
+    epsilon: Δ.
+    steps: N.
+    repeats: timed repetitions of each measurement.
+    matmul_size: side of the square matmul of the peak rate.
+    jit_compile: compile the transforms with XLA.
+    bf16_batch_size: images of the bfloat16 measurement (0 skips it).
+    seed: seed of the random start (the same in fp32 and bf16).
+
+  Returns:
+    A dict of results (rates in images/s and FLOP/s).
+  """
+  g = transform_fn(f_b, epsilon, steps, seed, jit_compile)
+  matmul_before = matmul_flop_rate(matmul_size, repeats)
+  images_per_s, batch_s = transform_throughput(g, x, repeats)
+  matmul_rate = max(matmul_before, matmul_flop_rate(matmul_size, repeats))
+  flops = transform_flops(f_b, steps)
+  results = {
+      "batch_size": int(x.shape[0]),
+      "matmul_flops_per_s": matmul_rate,
+      "transform_flops_per_image": flops,
+      "transform_images_per_s": images_per_s,
+      "transform_seconds_per_batch": batch_s,
+      "transform_flops_per_s": flops * images_per_s,
+      "fraction_of_matmul": flops * images_per_s / matmul_rate,
+  }
+  if bf16_batch_size:
+    x_bf16 = x[:bf16_batch_size]
+    g_bf16 = transform_fn(bfloat16_copy(f_b), epsilon, steps, seed, jit_compile)
+    results["bf16_batch_size"] = int(x_bf16.shape[0])
+    results["bf16_images_per_s"], _ = transform_throughput(g_bf16, x_bf16, repeats)
+    results["bf16_pixel_agreement"] = pixel_agreement(g(x_bf16), g_bf16(x_bf16))
+  return results
+
+
+def results_rows(info, settings, results):
+  """The rows of the printed table."""
+  rows = [(k, v) for k, v in info.items()] + [(k, v) for k, v in settings.items()]
+  rows += [
+      ("fp32 matmul rate", f"{results['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s"),
+      ("transform FLOPs/image",
+       f"{results['transform_flops_per_image'] / 1e9:.3f} GFLOP "
+       "(14 fwd + 13 input-grad passes, input-grad = fwd)"),
+      ("transform fp32", f"{results['transform_images_per_s']:.1f} images/s "
+       f"({results['transform_seconds_per_batch']:.2f} s/batch)"),
+      ("transform FLOP rate", f"{results['transform_flops_per_s'] / 1e9:.1f} GFLOP/s "
+       f"= {100 * results['fraction_of_matmul']:.1f}% of matmul (target >= 65%)"),
+  ]
+  if "bf16_images_per_s" in results:
+    rows += [
+        ("transform bf16", f"{results['bf16_images_per_s']:.1f} images/s "
+         f"(batch {results['bf16_batch_size']})"),
+        ("bf16 vs fp32 g(x)",
+         f"{100 * results['bf16_pixel_agreement']:.2f}% of pixels equal"),
+    ]
+  if "epoch_seconds" in results:
+    epoch = results["epoch_seconds"]
+    rows += [
+        ("epoch f_a(g(x))", f"{epoch['defended']:.1f} s"),
+        ("epoch PGD adv. training", f"{epoch['pgd']:.1f} s "
+         f"(defended / PGD = {epoch['defended'] / epoch['pgd']:.2f})"),
+    ]
+  return rows
+
+
+def main(argv):
+  del argv
+  keras.utils.set_random_seed(FLAGS.seed)
+  count = max(FLAGS.batch_size, FLAGS.train_images)
+  images, labels = load_images(FLAGS.data, count, FLAGS.seed)
+  if FLAGS.fb:
+    f_b = keras.models.load_model(FLAGS.fb)
+  else:
+    f_b = models.small_vgg(seed=FLAGS.seed)
+  results = run_benchmark(f_b, tf.constant(images[:FLAGS.batch_size]),
+                          FLAGS.epsilon, FLAGS.steps, FLAGS.repeats,
+                          FLAGS.matmul_size, FLAGS.jit_compile,
+                          FLAGS.bf16_batch_size,
+                          FLAGS.seed)
+  if FLAGS.train_images:
+    results["epoch_seconds"] = training_comparison(
+        f_b, FLAGS.f_a, images[:FLAGS.train_images], labels[:FLAGS.train_images],
+        FLAGS.epsilon, FLAGS.steps, FLAGS.pgd_epsilon, FLAGS.pgd_step_size,
+        FLAGS.pgd_steps, FLAGS.train_batch_size, FLAGS.seed)
+  settings = {
+      "data": FLAGS.data,
+      "f_b": FLAGS.fb or "small_vgg, random weights (speed does not depend "
+                         "on training; agreement does)",
+      "transform": f"epsilon={FLAGS.epsilon} steps={FLAGS.steps} "
+                   f"batch={FLAGS.batch_size} jit_compile={FLAGS.jit_compile}",
+      "training": f"f_a={FLAGS.f_a} images={FLAGS.train_images} "
+                  f"batch={FLAGS.train_batch_size} PGD-{FLAGS.pgd_steps} "
+                  f"eps={FLAGS.pgd_epsilon:.4f}",
+      "seed": str(FLAGS.seed),
+  }
+  info = machine_info()
+  print(format_table(results_rows(info, settings, results)))
+  if FLAGS.json_out:
+    with open(FLAGS.json_out, "w", encoding="utf-8") as f:
+      json.dump({"machine": info, "settings": settings, "results": results}, f,
+                indent=2)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

@@ -1,0 +1,134 @@
+r"""Trains the defended model f_a(g(x)) on CIFAR-10 and prints its clean accuracy.
+
+Xiao & Zheng (CVPR 2020), Sec. 3.2: g moves every input to an LL-PGD
+adversarial example of a pretrained, frozen f_b (Δ = 0.2, N = 13, step Δ/6);
+f_a is trained on g(x) with SGD, and g runs at inference too. The run
+checkpoints every epoch (rerun the same command to resume a killed run) and
+writes the whole defended model as a `.keras` file.
+
+Example (after `python examples/pretrain_fb.py --preset=smoke`):
+
+  python examples/train_cifar10.py --preset=smoke
+
+`--fb=untrained` uses a freshly initialised f_b (Table 1's first column).
+Presets (adv_layer.training.PRESETS): smoke, cpu, paper; every flag left
+unset takes the preset's value.
+"""
+
+import os
+import time
+
+from absl import app
+from absl import flags
+import keras
+
+from adv_layer import data
+from adv_layer import models
+from adv_layer import training
+from adv_layer import transform
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("preset", "smoke", list(training.PRESETS), "Settings preset.")
+flags.DEFINE_string("fb", None,
+                    "Pretrained f_b .keras path (default: runs/<preset>/"
+                    "f_b.keras), or 'untrained'.")
+flags.DEFINE_integer("epochs", None, "Training epochs.")
+flags.DEFINE_integer("batch_size", None, "Global batch size.")
+flags.DEFINE_integer("train_examples", None,
+                     "Train on the first N training images (0: all).")
+flags.DEFINE_integer("test_examples", None,
+                     "Evaluate on the first N test images (0: all).")
+flags.DEFINE_enum("fa_model", None, list(models.MODELS), "Architecture of f_a.")
+flags.DEFINE_integer("width", None, "Width of f_a (filters of its first stage).")
+flags.DEFINE_float("learning_rate", None, "Initial SGD learning rate.")
+flags.DEFINE_float("epsilon", None, "L-inf radius Delta of the transform g.")
+flags.DEFINE_integer("steps", None, "LL-PGD steps N of the transform g.")
+flags.DEFINE_float("step_size", None, "Step of g (default: epsilon / 6).")
+flags.DEFINE_enum("target", None, list(transform.TARGETS), "Target mode of g.")
+flags.DEFINE_string("dataset", "cifar10", "tfds image classification dataset.")
+flags.DEFINE_string("data_dir", None,
+                    "tfds data directory (default: $TFDS_DATA_DIR, else "
+                    "~/tensorflow_datasets; downloads when online).")
+flags.DEFINE_string("output", None,
+                    "Output .keras path (default: runs/<preset>/defended.keras).")
+flags.DEFINE_string("checkpoint_dir", None,
+                    "Per-epoch backup folder (default: next to --output).")
+flags.DEFINE_enum("strategy", "default", list(training.STRATEGIES),
+                  "tf.distribute strategy (multi_worker reads TF_CONFIG).")
+flags.DEFINE_integer("seed", 0, "Seed of initialisation, data order and g.")
+flags.DEFINE_integer("verbose", 1, "Keras verbosity (1: progress bars).")
+
+
+def settings():
+  """The preset with the flags that were set applied."""
+  return training.get_preset(
+      FLAGS.preset, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
+      train_examples=FLAGS.train_examples, test_examples=FLAGS.test_examples,
+      fa_model=FLAGS.fa_model, fa_width=FLAGS.width,
+      learning_rate=FLAGS.learning_rate, epsilon=FLAGS.epsilon,
+      steps=FLAGS.steps, step_size=FLAGS.step_size, target=FLAGS.target)
+
+
+def output_paths(strategy):
+  """The f_b path, the .keras output path and the backup folder (per worker)."""
+  fb = FLAGS.fb or os.path.join("runs", FLAGS.preset, "f_b.keras")
+  output = FLAGS.output or os.path.join("runs", FLAGS.preset, "defended.keras")
+  backup = FLAGS.checkpoint_dir or os.path.splitext(output)[0] + "_backup"
+  return (fb, training.per_worker_path(output, strategy),
+          training.per_worker_path(backup, strategy))
+
+
+def load_fb(path, preset, image_shape, num_classes):
+  """Loads the pretrained f_b, or builds an untrained one for `untrained`.
+
+  Raises:
+    FileNotFoundError: if `path` does not exist.
+  """
+  if path == "untrained":
+    return models.build_model(preset["fb_model"], num_classes=num_classes,
+                              input_shape=image_shape, width=preset["fb_width"],
+                              seed=FLAGS.seed + 1)
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f"No pretrained f_b at {path!r}: run examples/pretrain_fb.py first, or "
+        f"pass --fb=PATH (or --fb=untrained). Received: fb={path!r}")
+  return keras.saving.load_model(path)
+
+
+def main(argv):
+  del argv
+  strategy = training.make_strategy(FLAGS.strategy)  # First: multi-worker setup.
+  preset = settings()
+  fb_path, output, backup = output_paths(strategy)
+  image_shape, num_classes = data.dataset_spec(FLAGS.dataset, FLAGS.data_dir)
+  train_data = data.load_tfds(
+      FLAGS.dataset, data.first_examples("train", preset["train_examples"]),
+      preset["batch_size"], training=True, data_dir=FLAGS.data_dir,
+      seed=FLAGS.seed)
+  test_data = data.load_tfds(
+      FLAGS.dataset, data.first_examples("test", preset["test_examples"]),
+      preset["batch_size"], data_dir=FLAGS.data_dir)
+  start = time.time()
+  with strategy.scope():
+    f_b = load_fb(fb_path, preset, image_shape, num_classes)
+    f_a = models.build_model(preset["fa_model"], num_classes=num_classes,
+                             input_shape=image_shape, width=preset["fa_width"],
+                             seed=FLAGS.seed)
+    model = training.defended_model(
+        f_b, f_a, epsilon=preset["epsilon"], steps=preset["steps"],
+        step_size=preset["step_size"], target=preset["target"], seed=FLAGS.seed)
+    training.train(model, train_data, preset["epochs"],
+                   learning_rate=preset["learning_rate"],
+                   momentum=preset["momentum"],
+                   lr_drop_epoch=preset["lr_drop_epoch"], checkpoint_dir=backup,
+                   output=output, verbose=FLAGS.verbose)
+  print(f"Trained f_a(g(x)) ({preset['fa_model']} on g with f_b={fb_path}, "
+        f"Delta={preset['epsilon']}, N={preset['steps']}) in "
+        f"{time.time() - start:.0f} s; saved to {output}")
+  test_count = sum(int(y.shape[0]) for _, y in test_data)
+  print(f"Clean accuracy of f_a(g(x)) on {test_count} {FLAGS.dataset} test "
+        f"images (one draw of g): {training.accuracy(model, test_data):.4f}")
+
+
+if __name__ == "__main__":
+  app.run(main)

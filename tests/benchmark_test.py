@@ -1,0 +1,152 @@
+"""Smoke tests of examples/benchmark.py's functions (no timing assertions)."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from adv_layer import models
+from adv_layer import transform
+from examples import benchmark
+
+SHAPE = (4, 4, 1)
+
+
+def tiny_f_b(seed=0):
+  """Conv(2 filters, 3x3, same) -> flatten -> dense(3): FLOPs worked by hand."""
+  keras.utils.set_random_seed(seed)
+  return keras.Sequential([
+      keras.Input(SHAPE),
+      keras.layers.Conv2D(2, 3, padding="same", name="conv"),
+      keras.layers.ReLU(),
+      keras.layers.Flatten(),
+      keras.layers.Dense(3, name="logits"),
+  ])
+
+
+def tiny_images(batch=4, seed=0):
+  return np.random.default_rng(seed).uniform(
+      0.2, 0.8, (batch,) + SHAPE).astype(np.float32)
+
+
+class FlopCountTest(tf.test.TestCase):
+
+  def test_tiny_model_by_hand(self):
+    # conv: 2·H·W·kh·kw·Cin·Cout = 2·4·4·3·3·1·2 = 576; dense: 2·32·3 = 192.
+    self.assertEqual(benchmark.layer_flops(tiny_f_b()),
+                     [("conv", 576), ("logits", 192)])
+    # 14 forward + 13 input-gradient passes, each of 768 FLOPs.
+    self.assertEqual(benchmark.transform_flops(tiny_f_b(), steps=13), 27 * 768)
+
+  def test_paper_small_vgg(self):
+    # Convs 64-M-128-M-64-64-M-128-128-M on 32x32x3, then 512-512-10:
+    # 3,538,944 + 37,748,736 + 9,437,184 + 4,718,592 + 2,359,296 + 4,718,592
+    # + 524,288 + 524,288 + 10,240 = 63,580,160 FLOPs per forward pass.
+    f_b = models.small_vgg(seed=0)
+    self.assertEqual(sum(f for _, f in benchmark.layer_flops(f_b)), 63_580_160)
+    self.assertEqual(benchmark.transform_flops(f_b, steps=13), 27 * 63_580_160)
+
+
+class TransformTimingTest(tf.test.TestCase):
+
+  def test_transform_fn_matches_ll_pgd_and_repeats(self):
+    f_b, x = tiny_f_b(), tf.constant(tiny_images())
+    g = benchmark.transform_fn(f_b, epsilon=0.2, steps=3, seed=5)
+    expected = transform.ll_pgd(f_b, x, epsilon=0.2, steps=3, seed=5)
+    self.assertAllClose(g(x), expected, atol=1e-6, rtol=0)
+    self.assertAllEqual(g(x), g(x))
+
+  def test_throughput_and_matmul_rate_are_positive(self):
+    g = benchmark.transform_fn(tiny_f_b(), epsilon=0.2, steps=2, seed=0)
+    images_per_s, seconds = benchmark.transform_throughput(
+        g, tf.constant(tiny_images()), repeats=1)
+    self.assertAllClose(images_per_s * seconds, 4.0)
+    self.assertGreater(benchmark.matmul_flop_rate(size=64, repeats=1), 0)
+
+  def test_run_benchmark_reports_every_figure(self):
+    results = benchmark.run_benchmark(
+        tiny_f_b(), tf.constant(tiny_images()), epsilon=0.2, steps=2, repeats=1,
+        matmul_size=64, jit_compile=False, bf16_batch_size=2, seed=0)
+    self.assertEqual(results["batch_size"], 4)
+    self.assertEqual(results["bf16_batch_size"], 2)
+    self.assertEqual(results["transform_flops_per_image"], 5 * 768)
+    self.assertAllClose(results["fraction_of_matmul"],
+                        results["transform_flops_per_s"] /
+                        results["matmul_flops_per_s"])
+    self.assertBetween(results["bf16_pixel_agreement"], 0.0, 1.0)
+    self.assertGreater(results["bf16_images_per_s"], 0)
+
+
+class BFloat16Test(tf.test.TestCase):
+
+  def test_copy_computes_in_bfloat16_with_the_same_weights(self):
+    f_b = tiny_f_b()
+    copy = benchmark.bfloat16_copy(f_b)
+    self.assertEqual(copy.get_layer("conv").compute_dtype, "bfloat16")
+    self.assertEqual(f_b.get_layer("conv").compute_dtype, "float32")
+    self.assertFalse(copy.trainable)
+    for a, b in zip(f_b.get_weights(), copy.get_weights()):
+      self.assertAllEqual(a, b)
+    x = tiny_images()
+    # bfloat16 keeps 8 significant bits: logits agree to about 1%.
+    self.assertAllClose(tf.cast(copy(x), tf.float32), f_b(x), atol=0.05, rtol=0.02)
+
+  def test_pixel_agreement(self):
+    self.assertEqual(benchmark.pixel_agreement([1.0, 2.0, 3.0, 4.0],
+                                               [1.0, 2.5, 3.0, 4.5]), 0.5)
+
+
+class TrainingComparisonTest(tf.test.TestCase):
+
+  def test_madry_examples_stay_in_the_ball_and_training_moves_weights(self):
+    x, y = tiny_images(batch=8), np.arange(8, dtype=np.int32) % 3
+    f_a = tiny_f_b(seed=1)
+    madry = benchmark.MadryTraining(f_a, epsilon=0.03, step_size=0.01, steps=3,
+                                    seed=0)
+    x_adv = madry.adversarial_examples(tf.constant(x), tf.constant(y))
+    self.assertAllLessEqual(tf.abs(x_adv - x), 0.03 + 1e-6)
+    self.assertAllInRange(x_adv, 0.0, 1.0)
+    self.assertNotAllClose(x_adv, x)
+    before = [w.copy() for w in f_a.get_weights()]
+    madry.compile(optimizer="sgd",
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    madry.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    self.assertNotAllClose(before[0], f_a.get_weights()[0])
+
+  def test_side_by_side_epochs(self):
+    x, y = benchmark.load_images("random", 8, seed=0)
+    f_b = models.small_vgg(width=0.0625, seed=0)
+    seconds = benchmark.training_comparison(
+        f_b, "small_cnn", x, y, epsilon=0.2, steps=1, pgd_epsilon=8 / 255,
+        pgd_step_size=2 / 255, pgd_steps=1, batch_size=4, seed=0)
+    self.assertEqual(set(seconds), {"defended", "pgd"})
+    self.assertGreater(min(seconds.values()), 0)
+
+
+class ReportTest(tf.test.TestCase):
+
+  def test_random_images_repeat_under_a_seed(self):
+    x, y = benchmark.load_images("random", 3, seed=7)
+    self.assertEqual(x.shape, (3, 32, 32, 3))
+    self.assertEqual(x.dtype, np.float32)
+    self.assertAllInRange(x, 0.0, 1.0)
+    self.assertAllInRange(y, 0, 9)
+    self.assertAllEqual(x, benchmark.load_images("random", 3, seed=7)[0])
+
+  def test_table_names_machine_and_target(self):
+    results = {
+        "matmul_flops_per_s": 100e9, "transform_flops_per_image": 1.7e9,
+        "transform_images_per_s": 20.0, "transform_seconds_per_batch": 12.8,
+        "transform_flops_per_s": 34e9, "fraction_of_matmul": 0.34,
+        "epoch_seconds": {"defended": 10.0, "pgd": 4.0},
+    }
+    info = benchmark.machine_info()
+    self.assertEqual(set(info), {"cpu", "cores", "tensorflow", "keras", "oneDNN"})
+    table = benchmark.format_table(
+        benchmark.results_rows(info, {"data": "random"}, results))
+    self.assertIn(tf.__version__, table)
+    self.assertIn("= 34.0% of matmul (target >= 65%)", table)
+    self.assertIn("defended / PGD = 2.50", table)
+
+
+if __name__ == "__main__":
+  tf.test.main()

@@ -1,0 +1,252 @@
+"""Tests for attacks.estimators (paper Secs. 3.3 and 4.1)."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from adv_layer import AdversarialTransform
+from adv_layer import transform
+from attacks import common
+from attacks import estimators
+from attacks import pgd as pgd_lib
+from tests import attack_properties
+from tests import pgd_test
+
+SHAPE = (4, 4, 1)
+
+
+def small_net(seed, classes=3):
+  """A small fixed-weight net with curvature (tanh), logits out."""
+  return attack_properties.tiny_model(seed=seed, shape=SHAPE, classes=classes)
+
+
+def defended(epsilon=0.2, steps=3, seed=0):
+  """f_a(g(x)) on 4x4 images; returns (model, layer)."""
+  layer = AdversarialTransform(small_net(1), epsilon=epsilon, steps=steps,
+                               seed=seed)
+  model = keras.Sequential([keras.Input(SHAPE), layer, small_net(2)])
+  return model, layer
+
+
+def weighted_gradient(fn, x, weights):
+  """∇_x Σ weights · fn(x)."""
+  with tf.GradientTape() as tape:
+    tape.watch(x)
+    total = tf.reduce_sum(weights * fn(x))
+  return tape.gradient(total, x)
+
+
+class SurrogateTest(tf.test.TestCase):
+
+  def test_projection_forward_is_exact(self):
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.uniform(0, 1, (64,)), tf.float32)
+    v = x + tf.constant(rng.uniform(-0.5, 0.5, (64,)), tf.float32)
+    self.assertAllEqual(estimators.surrogate_project(v, x, 0.2, (0.0, 1.0)),
+                        transform.project(v, x, 0.2, (0.0, 1.0)))
+
+  def test_projection_derivative_follows_eq_5(self):
+    # Centre, candidate: inside; above the ball (z = .2); below it (z = -.2);
+    # clipped by the range only (z = .07); by the ball, then the range (z = .25).
+    x = tf.constant([0.5, 0.5, 0.5, 0.95, 0.95])
+    v = tf.constant([0.55, 0.7, 0.3, 1.02, 1.2])
+    with tf.GradientTape(persistent=True) as tape:
+      tape.watch([x, v])
+      out = estimators.surrogate_project(v, x, 0.1, (0.0, 1.0))
+    d_v, d_x = tape.gradient(out, [v, x])
+    s = lambda z: 1 / (1 + z)**2
+    self.assertAllClose(out, [0.55, 0.6, 0.4, 1.0, 1.0])
+    self.assertAllClose(d_v, [1.0, s(0.2), s(0.2), s(0.07), s(0.25)], rtol=1e-6)
+    self.assertAllClose(d_x, [0.0, 1 - s(0.2), 1 - s(0.2), 0.0, 0.0], rtol=1e-5)
+
+  def test_sign_surrogates(self):
+    z = tf.constant([-2.0, 0.0, 0.5])
+    self.assertAllClose(estimators.surrogate_sign("softsign", 0.5)(z),
+                        [-0.8, 0.0, 0.5])
+    self.assertAllClose(estimators.surrogate_sign("tanh", 2.0)(z), np.tanh([-1, 0, .25]))
+    with self.assertRaisesRegex(ValueError, "Received: sign_surrogate='relu'"):
+      estimators.surrogate_sign("relu")
+    with self.assertRaisesRegex(ValueError, "Received: temperature=0"):
+      estimators.surrogate_sign("tanh", 0)
+
+
+class EstimatorTest(tf.test.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.model, self.layer = defended()
+    x, self.y = attack_properties.tiny_batch()
+    self.x = tf.constant(x)
+    self.weights = tf.constant(np.random.default_rng(1).normal(size=x.shape),
+                               tf.float32)
+    self.noise = transform.uniform_noise(self.x.shape, 0.2, seed=3)
+
+  def test_bpda_forward_is_exact_and_backward_is_the_surrogate_vjp(self):
+    for surrogate in estimators.SIGN_SURROGATES:
+      bpda = lambda v: estimators.bpda_transform(self.layer, v, self.noise,
+                                                 surrogate, temperature=0.1)
+      smooth = lambda v: self.layer.transform(
+          v, noise=self.noise, sign_fn=estimators.surrogate_sign(surrogate, 0.1),
+          project_fn=estimators.surrogate_project)
+      self.assertAllEqual(bpda(self.x), self.layer.transform(self.x, noise=self.noise))
+      self.assertAllClose(weighted_gradient(bpda, self.x, self.weights),
+                          weighted_gradient(smooth, self.x, self.weights))
+
+  def test_bpda_gradients_are_finite_and_nonzero(self):
+    for surrogate in estimators.SIGN_SURROGATES:
+      model_fn = estimators.defended_model_fn(self.model, "bpda", seed=0,
+                                              sign_surrogate=surrogate,
+                                              temperature=0.01)
+      _, grad = common.eot_loss_gradient(model_fn, self.x, self.y, common.ce_loss)
+      self.assertTrue(np.all(np.isfinite(grad)), msg=surrogate)
+      self.assertGreater(np.abs(grad).min(), 0.0, msg=surrogate)
+
+  def test_bpda_backward_differs_from_identity(self):
+    # The surrogate carries f_b's second-order terms: not BPDA-I's identity.
+    bpda = lambda v: estimators.bpda_transform(self.layer, v, self.noise,
+                                               temperature=0.01)
+    grad = weighted_gradient(bpda, self.x, self.weights)
+    self.assertGreater(np.abs(grad - self.weights).max(), 1e-3)
+
+  def test_identity_and_exact_backward(self):
+    for estimator, expected in [("bpda_identity", self.weights),
+                                ("exact", tf.zeros_like(self.weights))]:
+      hook = estimators.estimator_fn(estimator)
+      grad = weighted_gradient(lambda v: hook(self.layer, v), self.x, self.weights)
+      self.assertAllEqual(grad, expected)
+
+  def test_unrolled_gradient_structure(self):
+    # tf.sign has a zero gradient, so autodiff through the loop sees only the
+    # clips: a diagonal Jacobian with entries in {0, 1}.
+    hook = estimators.estimator_fn("unrolled")
+    # (a) Far from the value range nothing is pinned: the identity.
+    _, inner = defended(epsilon=0.05)
+    x_mid = 0.4 + 0.2 * self.x
+    grad = weighted_gradient(lambda v: hook(inner, v), x_mid, self.weights)
+    self.assertAllEqual(grad, self.weights)
+    # (b) With Δ = 0.2 some pixels are pinned to 0 or 1: zero there.
+    seed_gen = keras.random.SeedGenerator(5)
+    hook = estimators.estimator_fn("unrolled", seed=seed_gen)
+    x_edge = tf.concat([self.x[:3] * 0.15, 0.85 + self.x[3:] * 0.15], 0)
+    grad = weighted_gradient(lambda v: hook(self.layer, v), x_edge, self.weights)
+    ratio = (grad / self.weights).numpy()
+    self.assertTrue(np.all((ratio == 0) | (ratio == 1)))
+    self.assertTrue(np.any(ratio == 0) and np.any(ratio == 1))
+    seed_gen.state.assign(keras.random.SeedGenerator(5).state.value)
+    g_x = hook(self.layer, x_edge).numpy()
+    self.assertTrue(np.all(ratio[(g_x == 0.0) | (g_x == 1.0)] == 0))
+
+  def test_steps_override_gives_cheaper_defense(self):
+    hook = estimators.estimator_fn("exact", steps=1, seed=keras.random.SeedGenerator(9))
+    noise = transform.uniform_noise(self.x.shape, 0.2, keras.random.SeedGenerator(9))
+    self.assertAllEqual(hook(self.layer, self.x),
+                        self.layer.transform(self.x, noise=noise, steps=1))
+    self.assertNotAllClose(hook(self.layer, self.x),
+                           self.layer.transform(self.x, noise=noise))
+
+  def test_bad_arguments_raise(self):
+    with self.assertRaisesRegex(ValueError, "Received: estimator='fd'"):
+      estimators.defended_model_fn(self.model, "fd")
+    with self.assertRaisesRegex(ValueError, "Received: steps=0"):
+      estimators.defended_model_fn(self.model, steps=0)
+    with self.assertRaisesRegex(ValueError, "no AdversarialTransform"):
+      estimators.defended_model_fn(small_net(0))
+
+
+class UseEstimatorTest(tf.test.TestCase):
+
+  def test_sets_every_nested_layer_and_resets_on_exception(self):
+    model, layer = defended()
+    second = AdversarialTransform(small_net(3), epsilon=0.1, steps=1, seed=1)
+    outer = keras.Sequential([keras.Input(SHAPE), second, model])
+    with self.assertRaisesRegex(RuntimeError, "boom"):
+      with estimators.use_estimator(outer, "bpda_identity") as found:
+        self.assertEqual(found, [second, layer])
+        self.assertIsNotNone(layer.gradient_estimator)
+        self.assertIsNotNone(second.gradient_estimator)
+        raise RuntimeError("boom")
+    self.assertIsNone(layer.gradient_estimator)
+    self.assertIsNone(second.gradient_estimator)
+
+  def test_model_fn_leaves_the_layer_as_it_was(self):
+    model, layer = defended()
+    x, _ = attack_properties.tiny_batch()
+    estimators.defended_model_fn(model, "bpda")(x)
+    self.assertIsNone(layer.gradient_estimator)
+    with tf.GradientTape() as tape:
+      x = tf.constant(x)
+      tape.watch(x)
+      logits = model(x)
+    self.assertIsNone(tape.gradient(logits, x))
+
+
+class EotTest(tf.test.TestCase):
+
+  def test_vectorised_eot_equals_average_of_separate_calls(self):
+    model, layer = defended()
+    x, y = attack_properties.tiny_batch(batch=2)
+    x = tf.constant(x)
+    draws, batch = 3, 2
+    table = transform.uniform_noise((draws * batch,) + SHAPE, 0.2, seed=11)
+
+    f_a = model.layers[1]
+
+    class FixedNoise:
+      """model_fn whose random starts are read, in order, from `table`."""
+
+      def __init__(self):
+        self.used = 0
+
+      def __call__(self, images):
+        noise = table[self.used:self.used + images.shape[0]]
+        self.used += images.shape[0]
+        return f_a(estimators.bpda_transform(layer, images, noise, temperature=0.1))
+
+    loss, grad = common.eot_loss_gradient(FixedNoise(), x, y, common.ce_loss,
+                                          eot_samples=draws, chunk_size=4)
+    separate = FixedNoise()
+    results = [common.eot_loss_gradient(separate, x, y, common.ce_loss)
+               for _ in range(draws)]
+    self.assertAllClose(loss, np.mean([r[0] for r in results], 0), rtol=1e-6)
+    self.assertAllClose(grad, np.mean([r[1] for r in results], 0), rtol=1e-6,
+                        atol=1e-7)
+
+  def test_tiled_copies_get_their_own_draw(self):
+    model, _ = defended()
+    x, _ = attack_properties.tiny_batch(batch=2)
+    model_fn = estimators.defended_model_fn(model, "exact", seed=0)
+    logits = model_fn(tf.tile(x, [2, 1, 1, 1])).numpy()
+    self.assertFalse(np.any(logits[:2] == logits[2:]))
+
+  def test_seeded_pgd_with_eot_repeats(self):
+    model, _ = defended()
+    x, y = attack_properties.tiny_batch()
+    model_fn = estimators.defended_model_fn(model, "bpda", temperature=0.1)
+    run = lambda seed: pgd_lib.pgd(model_fn, x, y, steps=2, eot_samples=3,
+                                   chunk_size=8, seed=seed)
+    first, second, other = run(4), run(4), run(5)
+    self.assertAllEqual(first, second)
+    self.assertNotAllClose(first, other)
+
+
+class BpdaIdentityTest(tf.test.TestCase):
+
+  def test_breaks_a_defense_with_tiny_delta(self):
+    f_a, x, y = pgd_test.trained_cifar_model()
+    keras.utils.set_random_seed(3)
+    f_b = keras.Sequential([keras.Input((32, 32, 3)),
+                            keras.layers.Conv2D(4, 3, strides=4, activation="tanh"),
+                            keras.layers.Flatten(), keras.layers.Dense(10)])
+    model = keras.Sequential([
+        keras.Input((32, 32, 3)),
+        AdversarialTransform(f_b, epsilon=0.005, steps=2, seed=0), f_a])
+    model_fn = estimators.defended_model_fn(model, "bpda_identity", seed=0)
+    clean = pgd_test.accuracy(model_fn, x, y)
+    x_adv = pgd_lib.pgd(model_fn, x, y, steps=10, seed=0)
+    scorer = estimators.defended_model_fn(model, "exact", seed=1)
+    self.assertGreater(clean, 0.3)
+    self.assertLess(pgd_test.accuracy(scorer, x_adv, y), 0.1)
+
+
+if __name__ == "__main__":
+  tf.test.main()

@@ -1,0 +1,357 @@
+"""Tests of the `AdversarialTransform` layer contract (issue 2, Sec. 1 and 5)."""
+
+import os
+from unittest import mock
+
+from absl.testing import parameterized
+from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
+import keras
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+import adv_layer
+from adv_layer import transform
+from adv_layer.layer import AdversarialTransform
+
+SHAPE = (4, 4, 1)
+CLASSES = 3
+
+
+def tiny_f_b(seed=0, activation=None):
+  """A small fixed-weight f_b with batch norm (logits out unless `activation`)."""
+  keras.utils.set_random_seed(seed)
+  return keras.Sequential([
+      keras.Input(SHAPE),
+      keras.layers.Conv2D(4, 3, padding="same"),
+      keras.layers.BatchNormalization(),
+      keras.layers.Activation("tanh"),
+      keras.layers.Flatten(),
+      keras.layers.Dense(CLASSES, activation=activation),
+  ])
+
+
+def tiny_data(batch=8, seed=0):
+  """Images in (0.1, 0.9) and labels."""
+  rng = np.random.default_rng(seed)
+  x = rng.uniform(0.1, 0.9, size=(batch,) + SHAPE).astype(np.float32)
+  y = (np.arange(batch) % CLASSES).astype(np.int32)
+  return x, y
+
+
+def tiny_f_a():
+  return [keras.layers.Flatten(), keras.layers.Dense(CLASSES, name="f_a_dense")]
+
+
+class Defended(keras.Model):
+  """A subclassed f_a(g(x))."""
+
+  def __init__(self, transform_layer, **kwargs):
+    super().__init__(**kwargs)
+    self.transform_layer = transform_layer
+    self.flatten, self.dense = tiny_f_a()
+
+  def call(self, inputs, training=None):
+    return self.dense(self.flatten(self.transform_layer(inputs, training=training)))
+
+
+def defended_model(kind, layer):
+  """f_a(g(x)) as a Sequential, functional or subclassed model, compiled."""
+  if kind == "sequential":
+    model = keras.Sequential([keras.Input(SHAPE), layer] + tiny_f_a())
+  elif kind == "functional":
+    inputs = keras.Input(SHAPE)
+    outputs = layer(inputs)
+    for f_a_layer in tiny_f_a():
+      outputs = f_a_layer(outputs)
+    model = keras.Model(inputs, outputs)
+  else:
+    model = Defended(layer)
+  model.compile(
+      optimizer=keras.optimizers.SGD(0.1),
+      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  return model
+
+
+def weights_of(model):
+  """Copies of every weight (trainable or not, e.g. batch-norm statistics)."""
+  return [w.numpy().copy() for w in model.weights]
+
+
+class ModelKindsTest(tf.test.TestCase, parameterized.TestCase):
+
+  @parameterized.named_parameters(
+      ("sequential", "sequential"), ("functional", "functional"),
+      ("subclassed", "subclassed"))
+  def test_fit_trains_f_a_only_and_predict_applies_g(self, kind):
+    f_b = tiny_f_b()
+    layer = AdversarialTransform(f_b, epsilon=0.2, steps=3, random_start=False)
+    model = defended_model(kind, layer)
+    x, y = tiny_data()
+    f_b_before = weights_of(f_b)
+    model.fit(x, y, batch_size=4, epochs=2, verbose=0)
+    for before, after in zip(f_b_before, weights_of(f_b)):
+      self.assertAllEqual(before, after)
+    dense = model.get_layer("f_a_dense") if kind != "subclassed" else model.dense
+    self.assertNotAllEqual(dense.kernel.numpy(), 0.0)
+    expected = dense(keras.layers.Flatten()(transform.ll_pgd(
+        f_b, x, epsilon=0.2, steps=3, random_start=False)))
+    predicted = model.predict(x, verbose=0)
+    self.assertAllClose(predicted, expected, rtol=0, atol=1e-5)
+    undefended = dense(keras.layers.Flatten()(x)).numpy()
+    self.assertGreater(np.abs(predicted - undefended).max(), 1e-3)
+
+
+class LayerContractTest(tf.test.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.x, self.y = tiny_data()
+
+  def test_runs_in_training_and_inference(self):
+    f_b = tiny_f_b()
+    layer = AdversarialTransform(f_b, steps=3, random_start=False)
+    reference = transform.ll_pgd(f_b, self.x, steps=3, random_start=False)
+    self.assertAllEqual(layer(self.x, training=True), reference)
+    self.assertAllEqual(layer(self.x, training=False), reference)
+    self.assertGreater(np.abs(reference.numpy() - self.x).max(), 0.1)
+
+  def test_predict_draws_a_fresh_random_start_per_call(self):
+    model = defended_model("sequential", AdversarialTransform(tiny_f_b(), steps=3, seed=1))
+    first, second = (model.predict(self.x, verbose=0) for _ in range(2))
+    self.assertGreater(np.abs(first - second).max(), 1e-4)
+
+  def test_output_has_no_gradient_path_to_input(self):
+    layer = AdversarialTransform(tiny_f_b(), steps=2, seed=0)
+    x = tf.constant(self.x)
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      total = tf.reduce_sum(layer(x))
+    self.assertIsNone(tape.gradient(total, x))
+
+  def test_f_b_stays_frozen_when_outer_model_is_set_trainable(self):
+    f_b = tiny_f_b()
+    model = defended_model("sequential", AdversarialTransform(f_b, steps=2, seed=0))
+    model.trainable = False
+    model.trainable = True
+    model.compile(optimizer=keras.optimizers.SGD(0.1),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    self.assertFalse(f_b.trainable)
+    f_b_ids = {id(w) for w in f_b.weights}
+    self.assertFalse(any(id(w) in f_b_ids for w in model.trainable_weights))
+    self.assertLen(model.trainable_weights, 2)  # f_a's kernel and bias.
+    before = weights_of(f_b)
+    model.fit(self.x, self.y, batch_size=4, epochs=1, verbose=0)
+    for b, a in zip(before, weights_of(f_b)):
+      self.assertAllEqual(b, a)
+
+  def test_config_round_trip(self):
+    f_b = tiny_f_b()
+    layer = AdversarialTransform(
+        f_b, epsilon=0.1, steps=4, step_size=0.03, target="random",
+        random_start=False, value_range=(-1.0, 1.0), seed=9, name="g")
+    config = layer.get_config()
+    clone = AdversarialTransform.from_config(config)
+    self.assertEqual(clone.get_config(), config)
+    self.assertEqual(
+        (clone.epsilon, clone.steps, clone.step_size, clone.target,
+         clone.random_start, clone.value_range, clone.seed, clone.name),
+        (0.1, 4, 0.03, "random", False, (-1.0, 1.0), 9, "g"))
+    self.assertFalse(clone.f_b.trainable)
+    clone.f_b.set_weights(f_b.get_weights())
+    x = self.x * 2 - 1
+    self.assertAllEqual(clone(x), layer(x))
+    revived = keras.layers.deserialize(keras.layers.serialize(layer))
+    self.assertIsInstance(revived, AdversarialTransform)
+
+  def test_layers_with_equal_seeds_draw_equal_sequences(self):
+    f_b = tiny_f_b()
+    first = AdversarialTransform(f_b, steps=2, seed=4)
+    second = AdversarialTransform(f_b, steps=2, seed=4)
+    draws = [first(self.x).numpy() for _ in range(3)]
+    self.assertNotAllEqual(draws[0], draws[1])
+    for draw in draws:
+      self.assertAllEqual(draw, second(self.x))
+
+  def test_keras_save_and_load_give_identical_outputs(self):
+    f_b = tiny_f_b()
+    model = defended_model("functional", AdversarialTransform(f_b, steps=3, seed=3))
+    model.fit(self.x, self.y, batch_size=4, epochs=1, verbose=0)
+    path = os.path.join(self.get_temp_dir(), "defended.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)  # Default safe_mode=True.
+    layer, = adv_layer.find_transforms(loaded)
+    for saved, restored in zip(f_b.weights, layer.f_b.weights):
+      self.assertAllEqual(saved, restored)
+    self.assertFalse(layer.f_b.trainable)
+    # Only the integer seed is saved (Keras convention): the loaded layer
+    # starts its sequence of draws at the seed, as the original did.
+    original, = adv_layer.find_transforms(model)
+    original.seed_generator.state.assign(keras.random.SeedGenerator(3).state)
+    for _ in range(2):
+      self.assertAllEqual(model.predict(self.x, verbose=0),
+                          loaded.predict(self.x, verbose=0))
+
+  def test_tf_data_map(self):
+    f_b = tiny_f_b()
+    layer = AdversarialTransform(f_b, steps=3, seed=6)
+    replay = AdversarialTransform(f_b, steps=3, seed=6)
+    dataset = tf.data.Dataset.from_tensor_slices(self.x).batch(4).map(layer)
+    for epoch in range(2):
+      mapped = np.concatenate(list(dataset))
+      expected = np.concatenate([replay(self.x[:4]), replay(self.x[4:])])
+      # Graph rewrites may round x ± ε in the last bit.
+      self.assertAllClose(mapped, expected, rtol=0, atol=1e-6, msg=f"epoch {epoch}")
+      self.assertLessEqual(np.abs(mapped - self.x).max(), 0.2 + 1e-6)
+    self.assertAllEqual(layer.seed_generator.state, [6, 4])
+    fixed = AdversarialTransform(f_b, steps=3, random_start=False)
+    mapped = np.concatenate(list(
+        tf.data.Dataset.from_tensor_slices(self.x).batch(4).map(fixed)))
+    self.assertAllClose(mapped, fixed(self.x), rtol=0, atol=1e-6)
+
+  def test_mixed_float16_policy(self):
+    f_b = tiny_f_b()  # float32, built before the policy changes.
+    reference = transform.ll_pgd(f_b, self.x, steps=3, random_start=False)
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+      layer = AdversarialTransform(f_b, steps=3, random_start=False)
+      model = defended_model("sequential", layer)
+      outputs = layer(self.x)
+      before = weights_of(f_b)
+      history = model.fit(self.x, self.y, batch_size=4, epochs=1, verbose=0)
+    finally:
+      keras.mixed_precision.set_global_policy("float32")
+    self.assertEqual(layer.compute_dtype, "float16")
+    self.assertEqual(outputs.dtype, tf.float16)
+    # The loop ran in float32 on the unrounded images; only the output is cast.
+    self.assertAllEqual(outputs, tf.cast(reference, tf.float16))
+    self.assertTrue(np.isfinite(history.history["loss"][0]))
+    for b, a in zip(before, weights_of(f_b)):
+      self.assertAllEqual(b, a)
+
+  def test_export_saved_model_reloads_and_runs(self):
+    model = defended_model("sequential", AdversarialTransform(tiny_f_b(), steps=3, seed=2))
+    path = os.path.join(self.get_temp_dir(), "exported")
+    model.export(path, verbose=False)
+    reloaded = tf.saved_model.load(path)  # Keep a reference: it owns the variables.
+    served = [reloaded.serve(tf.constant(self.x)).numpy() for _ in range(2)]
+    # The SavedModel carries the seed state: it repeats the model's draws.
+    predicted = [model.predict(self.x, verbose=0) for _ in range(2)]
+    self.assertEqual(served[0].shape, (8, CLASSES))
+    self.assertAllClose(served, predicted, rtol=0, atol=1e-5)
+    self.assertGreater(np.abs(served[0] - served[1]).max(), 1e-4)
+
+  def test_compute_output_shape_does_not_trace_the_loop(self):
+    layer = AdversarialTransform(tiny_f_b())
+    with mock.patch.object(transform, "ll_pgd", wraps=transform.ll_pgd) as loop:
+      outputs = layer(keras.Input(SHAPE))
+      self.assertEqual(loop.call_count, 0)
+    self.assertEqual(tuple(outputs.shape), (None,) + SHAPE)
+    self.assertEqual(layer.compute_output_shape((None,) + SHAPE), (None,) + SHAPE)
+
+  def test_find_transforms(self):
+    layer = AdversarialTransform(tiny_f_b())
+    inner = keras.Sequential([keras.Input(SHAPE), layer])
+    outer = keras.Sequential([keras.Input(SHAPE), inner, keras.layers.Flatten()])
+    self.assertEqual(adv_layer.find_transforms(outer), [layer])
+
+
+class BadInputTest(tf.test.TestCase, parameterized.TestCase):
+  """Bad input raises a clear error naming the argument and its value."""
+
+  @parameterized.named_parameters(("uint8", np.uint8), ("int32", np.int32))
+  def test_integer_images(self, dtype):
+    layer = AdversarialTransform(tiny_f_b())
+    with self.assertRaisesRegex(TypeError, f"Received: inputs.dtype={dtype.__name__}"):
+      layer(np.zeros((2,) + SHAPE, dtype))
+
+  def test_values_outside_value_range(self):
+    layer = AdversarialTransform(tiny_f_b(), steps=1)
+    x = tiny_data()[0]
+    x[1, 0, 0, 0] = 1.5
+    message = r"inputs must lie in value_range=\(0\.0, 1\.0\)"
+    with self.assertRaisesRegex(tf.errors.InvalidArgumentError, message):
+      layer(x)
+    with self.assertRaisesRegex(tf.errors.InvalidArgumentError, message):
+      tf.function(layer)(x)
+    model = defended_model("sequential", layer)
+    with self.assertRaisesRegex(tf.errors.InvalidArgumentError, message):
+      model.predict(x * 255, verbose=0)
+
+  @parameterized.named_parameters(
+      ("spatial", (2, 5, 5, 1), r"Received: input_shape=\(2, 5, 5, 1\)"),
+      ("rank", (2, 4, 4), r"Received: input_shape=\(2, 4, 4\)"),
+  )
+  def test_shape_mismatch_with_f_b(self, shape, message):
+    layer = AdversarialTransform(tiny_f_b())
+    with self.assertRaisesRegex(ValueError, message):
+      layer(np.zeros(shape, np.float32))
+
+  def test_shape_mismatch_in_functional_model(self):
+    with self.assertRaisesRegex(ValueError, r"Received: input_shape=\(None, 8, 8, 1\)"):
+      AdversarialTransform(tiny_f_b())(keras.Input((8, 8, 1)))
+
+  @parameterized.named_parameters(
+      ("zero_epsilon", dict(epsilon=0.0), r"Received: epsilon=0\.0"),
+      ("negative_epsilon", dict(epsilon=-0.2), r"Received: epsilon=-0\.2"),
+      ("zero_steps", dict(steps=0), "Received: steps=0"),
+      ("negative_steps", dict(steps=-3), "Received: steps=-3"),
+      ("zero_step_size", dict(step_size=0.0), r"Received: step_size=0\.0"),
+      ("negative_step_size", dict(step_size=-0.1), r"Received: step_size=-0\.1"),
+      ("unknown_target", dict(target="least"), "Received: target='least'"),
+  )
+  def test_bad_hyperparameters(self, kwargs, message):
+    with self.assertRaisesRegex(ValueError, message):
+      AdversarialTransform(tiny_f_b(), **kwargs)
+
+  @parameterized.named_parameters(
+      ("dense_softmax", lambda: tiny_f_b(activation="softmax")),
+      ("softmax_layer", lambda: keras.Sequential(
+          [keras.Input(SHAPE), keras.layers.Flatten(), keras.layers.Dense(3),
+           keras.layers.Softmax()], name="probs")),
+      ("activation_layer", lambda: keras.Sequential(
+          [keras.Input(SHAPE), keras.layers.Flatten(), keras.layers.Dense(3),
+           keras.layers.Activation("softmax")], name="probs")),
+  )
+  def test_f_b_ending_in_softmax(self, make_f_b):
+    f_b = make_f_b()
+    with self.assertRaisesRegex(ValueError, f"must return logits.*Received: f_b='{f_b.name}'"):
+      AdversarialTransform(f_b)
+
+  def test_f_b_not_a_model(self):
+    with self.assertRaisesRegex(ValueError, "Received: f_b=<Dense"):
+      AdversarialTransform(keras.layers.Dense(3))
+
+  def test_non_tensorflow_backend(self):
+    with mock.patch.object(keras.backend, "backend", return_value="jax"):
+      with self.assertRaisesRegex(RuntimeError, "Received: keras.backend.backend\\(\\)='jax'"):
+        AdversarialTransform(tiny_f_b())
+
+
+class IndependentImplementationTest(tf.test.TestCase):
+  """g(x) agrees with cleverhans' targeted PGD on real CIFAR-10 images."""
+
+  def test_agrees_with_cleverhans_pgd(self):
+    images = tfds.as_numpy(tfds.load(
+        "cifar10", split="test[:8]", as_supervised=True, batch_size=-1,
+        data_dir=os.environ.get("TFDS_DATA_DIR")))[0]
+    x = images.astype(np.float32) / 255.0
+    keras.utils.set_random_seed(0)
+    f_b = keras.applications.MobileNetV2(
+        weights=None, input_shape=(32, 32, 3), classes=10, classifier_activation=None)
+    layer = AdversarialTransform(f_b, epsilon=0.2, steps=13, random_start=False)
+    ours = layer(x).numpy()
+    model_fn = lambda z: f_b(z, training=False)
+    least_likely = tf.argmin(model_fn(x), axis=-1)
+    reference = projected_gradient_descent(
+        model_fn, x, eps=0.2, eps_iter=0.2 / 6, nb_iter=13, norm=np.inf,
+        clip_min=0.0, clip_max=1.0, y=least_likely, targeted=True,
+        rand_init=False).numpy()
+    # Measured 3.0e-8 (float32 rounding of the two projection formulas).
+    self.assertLess(np.abs(ours - reference).max(), 1e-5)
+    # Not a vacuous agreement: the transform moved most pixels a lot.
+    self.assertGreater(np.mean(np.abs(ours - x)), 0.1)
+
+
+if __name__ == "__main__":
+  tf.test.main()

@@ -1,0 +1,131 @@
+"""Tests of attacks.report: report.json / report.md / PNGs are written and parse."""
+
+import json
+import os
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import adv_layer
+from attacks import report
+from attacks import sanity
+from attacks import scoring
+from attacks import suite
+from tests import attack_properties
+
+PNG_MAGIC = b"\x89PNG"
+
+
+def hand_made_suite():
+  """Four images: A (white-box) fools {0, 1}, B (transfer) fools {2}."""
+  y = np.zeros(4, np.int32)
+  clean = scoring.score_labels(np.zeros((2, 4), np.int32), y, seed=0)
+
+  def run(name, kind, fooled, budget):
+    predictions = np.zeros((2, 4), np.int32)
+    predictions[:, fooled] = 1
+    return suite.AttackResult(name, kind, f"{name} attack", budget,
+                              scoring.score_labels(predictions, y, seed=0),
+                              elapsed_s=2.0, f_b_passes=100, model_passes=10,
+                              x_adv=np.full((4, 4, 4, 1), 0.5, np.float32),
+                              seed=7)
+
+  results = [run("A", suite.WHITE_BOX, [0, 1],
+                 {"epsilon": 8 / 255, "steps": 10, "eot_samples": 4}),
+             run("B", suite.TRANSFER, [2], {"epsilon": 8 / 255, "steps": 10})]
+  return suite.SuiteResult(
+      clean=clean, results=results, skipped={"square": "not requested"},
+      failed={"spsa": "ValueError: broken"},
+      worst=suite.worst_case(clean, results),
+      worst_white_box=suite.worst_case(clean, results, kinds=(suite.WHITE_BOX,)),
+      budget=suite.Budget(steps=10, eot_samples=4), seed=0, draws=2,
+      defended=True)
+
+
+class WriteReportTest(tf.test.TestCase):
+
+  def new_dir(self):
+    directory = tempfile.TemporaryDirectory()
+    self.addCleanup(directory.cleanup)
+    return directory.name
+
+  def test_files_written_and_parse(self):
+    directory = self.new_dir()
+    flags = [sanity.Flag("large-epsilon", "FLAG", "accuracy 0.5 at 0.5"),
+             sanity.Flag("gradient-masking", "ok", "no")]
+    extras = {"reference_attack": "A",
+              "accuracy_vs_epsilon": {"0.01": 0.75, "0.03": 0.5, "0.5": 0.0}}
+    x = np.full((2, 4, 4, 1), 0.5, np.float32)
+    paths = report.write_report(
+        directory, hand_made_suite(), flags, extras,
+        meta={"data": "CIFAR-10 (JPEG copy)", "model": "m.keras"},
+        grid={"x": x, "g(x)": x + 0.1, "E[g(x)]": x, "x_adv": x},
+        eot_curve={1: 0.6, 4: 0.5})
+    self.assertCountEqual(paths, ["json", "md", "epsilon_png", "eot_png",
+                                  "grid_png"])
+    for key in ("epsilon_png", "eot_png", "grid_png"):
+      with open(paths[key], "rb") as f:
+        self.assertEqual(f.read(4), PNG_MAGIC)
+    with open(paths["json"]) as f:
+      data = json.load(f)
+    self.assertEqual(data["meta"]["data"], "CIFAR-10 (JPEG copy)")
+    self.assertEqual((data["seed"], data["images"], data["draws"]), (0, 4, 2))
+    self.assertEqual(data["worst_case"]["strict_accuracy"], 0.25)
+    self.assertEqual(data["worst_case"]["strongest"], "A")
+    self.assertEqual(data["worst_case_white_box"]["strict_accuracy"], 0.5)
+    first = data["attacks"][0]
+    self.assertEqual(first["budget"]["eot_samples"], 4)
+    self.assertEqual((first["elapsed_s"], first["f_b_passes"],
+                      first["f_b_passes_per_s"]), (2.0, 100, 50.0))
+    self.assertEqual(first["robust"], [0, 0, 1, 1])
+    self.assertEqual(data["flags"][0]["status"], "FLAG")
+    self.assertEqual(data["extras"]["accuracy_vs_eot"], {"1": 0.6, "4": 0.5})
+    self.assertIn("tensorflow", data["machine"])
+    with open(paths["md"]) as f:
+      text = f.read()
+    self.assertIn("| Attack | Kind | Budget | Mean acc. | Strict acc. |", text)
+    self.assertIn("| A | white-box | eps=8/255, steps=10, eot_samples=4 | 50.0% "
+                  "| 50.0% | 2.00 | 100 | 50 |", text)
+    self.assertIn("| **worst case, all attacks (A_rob)** | per example | by A | "
+                  "25.0% | **25.0%** |", text)
+    self.assertIn("[FLAG] large-epsilon", text)
+    self.assertIn("CIFAR-10 (JPEG copy)", text)
+    self.assertIn("- square: not requested", text)
+    self.assertIn("## Failed (not in the worst case)\n\n- spsa: ValueError: broken",
+                  text)
+    self.assertEqual(data["failed"], {"spsa": "ValueError: broken"})
+
+  def test_optional_plots_skipped_without_data(self):
+    directory = self.new_dir()
+    paths = report.write_report(directory, hand_made_suite(), [])
+    self.assertCountEqual(paths, ["json", "md"])
+    self.assertCountEqual(os.listdir(directory), ["report.json", "report.md"])
+
+  def test_print_summary_reads_json(self):
+    directory = self.new_dir()
+    paths = report.write_report(directory, hand_made_suite(),
+                                [sanity.Flag("a", "not run", "b")])
+    text = report.print_summary(paths["json"])
+    self.assertIn("| B | transfer |", text)
+    self.assertTrue(text.endswith("[not run] a: b"))
+
+
+class TransformViewsTest(tf.test.TestCase):
+
+  def test_views_stay_in_the_transform_ball(self):
+    layer = adv_layer.AdversarialTransform(attack_properties.tiny_model(),
+                                           epsilon=0.2, steps=2, seed=0)
+    keras.Sequential([keras.Input((4, 4, 1)), layer])
+    x, _ = attack_properties.tiny_batch(batch=3)
+    g_x, mean_g_x = report.transform_views(layer, x, samples=8)
+    self.assertEqual(g_x.shape, x.shape)
+    self.assertEqual(mean_g_x.shape, x.shape)
+    self.assertLessEqual(np.abs(g_x - x).max(), 0.2 + 1e-6)
+    self.assertLessEqual(np.abs(mean_g_x - x).max(), 0.2 + 1e-6)
+    self.assertGreater(np.abs(g_x - x).max(), 0.0)
+
+
+if __name__ == "__main__":
+  tf.test.main()

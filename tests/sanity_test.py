@@ -1,0 +1,165 @@
+"""Tests of attacks.sanity: every check trips on a constructed case, quiet on a clean one."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from attacks import sanity
+from attacks import suite
+
+EPSILON = 0.06
+
+
+def mean_classifier():
+  """Two classes on 4x4x1 images: class 0 iff the mean pixel exceeds 0.5."""
+  model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(),
+                            keras.layers.Dense(2)])
+  kernel = np.stack([np.full(16, 1 / 16), np.full(16, -1 / 16)], 1)
+  model.layers[-1].set_weights([kernel.astype(np.float32),
+                                np.array([-0.5, 0.5], np.float32)])
+  return model
+
+
+def masked(classifier):
+  """Stop-gradient preprocessing in front of `classifier`: zero input gradients."""
+  return keras.Sequential([
+      keras.Input((4, 4, 1)),
+      keras.layers.Lambda(lambda x: 0.0 * x + tf.stop_gradient(x)),
+      classifier])
+
+
+def near_boundary_images():
+  """Constant images 0.03 to 0.04 from the boundary; PGD at 0.06 flips all."""
+  values = np.array([0.53, 0.54, 0.47, 0.46, 0.535, 0.465], np.float32)
+  x = np.ones((6, 4, 4, 1), np.float32) * values[:, None, None, None]
+  return x, (values < 0.5).astype(np.int32)
+
+
+class PureChecksTest(tf.test.TestCase):
+
+  def test_failures(self):
+    flag = sanity.check_failures({"hsj": "ValueError: empty"})
+    self.assertTrue(flag.tripped)
+    self.assertEqual(flag.message, "hsj: ValueError: empty")
+    self.assertEqual(sanity.check_failures({}).status, "ok")
+
+  def test_robust_le_clean(self):
+    self.assertTrue(sanity.check_robust_le_clean(0.5, {"a": 0.6}).tripped)
+    flag = sanity.check_robust_le_clean(0.5, {"a": 0.5, "b": 0.1})
+    self.assertEqual(flag.status, "ok")
+    self.assertEqual(sanity.check_robust_le_clean(0.5, {}).status, "not run")
+
+  def test_monotone_epsilon(self):
+    rising = {2 / 255: 0.5, 4 / 255: 0.4, 8 / 255: 0.45, 16 / 255: 0.1}
+    self.assertTrue(sanity.check_monotone_epsilon(rising).tripped)
+    falling = {2 / 255: 0.5, 4 / 255: 0.4, 8 / 255: 0.4, 16 / 255: 0.1}
+    self.assertEqual(sanity.check_monotone_epsilon(falling).status, "ok")
+    self.assertEqual(sanity.check_monotone_epsilon({0.1: 0.3}).status, "not run")
+
+  def test_large_epsilon(self):
+    self.assertTrue(sanity.check_large_epsilon(0.10).tripped)
+    self.assertEqual(sanity.check_large_epsilon(0.09).status, "ok")
+    self.assertEqual(sanity.check_large_epsilon(None).status, "not run")
+
+  def test_gradient_masking(self):
+    flag = sanity.check_gradient_masking({"pgd": 0.4, "apgd": 0.3},
+                                         {"square": 0.2, "transfer": 0.5})
+    self.assertTrue(flag.tripped)
+    self.assertIn("square", flag.message)
+    quiet = sanity.check_gradient_masking({"pgd": 0.2}, {"square": 0.2})
+    self.assertEqual(quiet.status, "ok")
+    self.assertEqual(sanity.check_gradient_masking({}, {"a": 0.1}).status,
+                     "not run")
+
+  def test_gradients(self):
+    good = {"nonfinite": 0, "zero_examples": 0, "images": 4}
+    self.assertEqual(sanity.check_gradients({"bpda": good}).status, "ok")
+    nan = dict(good, nonfinite=3)
+    self.assertTrue(sanity.check_gradients({"bpda": good, "x": nan}).tripped)
+    zero = dict(good, zero_examples=1)
+    self.assertTrue(sanity.check_gradients({"unrolled": zero}).tripped)
+    self.assertEqual(sanity.check_gradients({}).status, "not run")
+
+  def test_convergence(self):
+    self.assertTrue(sanity.check_convergence(0.5, 0.4, "steps").tripped)
+    self.assertEqual(sanity.check_convergence(0.5, 0.5, "steps").status, "ok")
+    self.assertEqual(sanity.check_convergence(None, None, "restarts").name,
+                     "converged-in-restarts")
+
+  def test_format_flags_prints_every_status(self):
+    text = sanity.format_flags([sanity.Flag("a", "ok", "m1"),
+                                sanity.Flag("b", "FLAG", "m2")])
+    self.assertEqual(text, "[ok] a: m1\n[FLAG] b: m2")
+
+
+class GradientStatsTest(tf.test.TestCase):
+
+  def test_stop_gradient_counts_zero_examples(self):
+    x, y = near_boundary_images()
+    stats = sanity.gradient_stats(masked(mean_classifier()), x, y)
+    self.assertEqual((stats["zero_examples"], stats["nonfinite"]), (6, 0))
+
+  def test_plain_model_has_nonzero_gradients(self):
+    x, y = near_boundary_images()
+    stats = sanity.gradient_stats(mean_classifier(), x, y)
+    self.assertEqual((stats["zero_examples"], stats["nonfinite"]), (0, 0))
+    self.assertGreater(stats["mean_abs"], 0.0)
+
+  def test_nonfinite_gradients_are_counted(self):
+    model = keras.Sequential([keras.Input((4, 4, 1)),
+                              keras.layers.Lambda(tf.sqrt), mean_classifier()])
+    x = np.zeros((2, 4, 4, 1), np.float32)  # d sqrt / dx = inf at 0.
+    stats = sanity.gradient_stats(model, x, np.array([0, 1]))
+    self.assertEqual(stats["nonfinite"], 32)
+
+
+class GradientMaskingSuiteTest(tf.test.TestCase):
+  """A stop-gradient model trips the masking flag while transfer succeeds."""
+
+  def run_checks(self, model, classifier, attacks=("bpda_identity_eot",
+                                                    "blackbox_transfer"),
+                 convergence=False):
+    x, y = near_boundary_images()
+    target = suite.Target(model, surrogate=classifier)
+    budget = suite.Budget(epsilon=EPSILON, steps=5)
+    result = suite.run_suite(target, x, y, list(attacks), budget, seed=0,
+                             draws=2)
+    flags, extras = sanity.run_checks(target, result, x, y,
+                                      convergence=convergence)
+    return result, {f.name: f for f in flags}, extras
+
+  def test_masked_model_trips_masking_and_gradient_flags(self):
+    classifier = mean_classifier()
+    result, flags, _ = self.run_checks(masked(classifier), classifier)
+    accuracy = {r.name: r.score.mean_accuracy for r in result.results}
+    self.assertEqual(accuracy, {"pgd": 1.0, "blackbox_transfer": 0.0})
+    self.assertTrue(flags["gradient-masking"].tripped)
+    self.assertTrue(flags["zero-or-nan-gradients"].tripped)
+    self.assertEqual(flags["converged-in-steps"].status, "not run")
+
+  def test_plain_model_is_quiet(self):
+    classifier = mean_classifier()
+    result, flags, extras = self.run_checks(classifier, classifier)
+    self.assertEqual(result.results[0].score.mean_accuracy, 0.0)
+    for name in ("attacks-failed", "robust<=clean", "monotone-in-epsilon",
+                 "large-epsilon",
+                 "gradient-masking", "zero-or-nan-gradients"):
+      self.assertEqual(flags[name].status, "ok", flags[name].message)
+    self.assertEqual(extras["reference_attack"], "pgd")
+    self.assertLen(extras["accuracy_vs_epsilon"], 5)
+
+  def test_convergence_reruns_with_double_steps_and_restarts(self):
+    classifier = mean_classifier()
+    _, flags, extras = self.run_checks(
+        classifier, classifier, attacks=("bpda_identity_eot",
+                                         "pgd_restarts_bpda_identity"),
+        convergence=True)
+    self.assertEqual(flags["converged-in-steps"].status, "ok")
+    self.assertEqual(flags["converged-in-restarts"].status, "ok")
+    self.assertEqual(extras["doubled_restarts"],
+                     {"attack": "pgd_restarts", "accuracy": 0.0})
+    self.assertIn("pgd_restarts: accuracy", flags["converged-in-restarts"].message)
+
+
+if __name__ == "__main__":
+  tf.test.main()

@@ -1,0 +1,203 @@
+"""Tests of attacks.suite: registry, presets, planning, pass counting, worst case."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import adv_layer
+from attacks import scoring
+from attacks import suite
+from tests import attack_properties
+
+
+def tiny_defended(steps=2):
+  """f_a(g(x)) on 4x4x1 images with tiny dense f_b and f_a."""
+  f_b = attack_properties.tiny_model(seed=1)
+  f_a = attack_properties.tiny_model(seed=2, classes=4)  # DLR-T needs >= 4.
+  return keras.Sequential([
+      keras.Input((4, 4, 1)),
+      adv_layer.AdversarialTransform(f_b, epsilon=0.2, steps=steps, seed=0),
+      f_a])
+
+
+def result(name, robust, kind=suite.WHITE_BOX, draws=None):
+  """An AttackResult whose images are robust exactly where `robust` is True."""
+  correct = np.array([robust]) if draws is None else draws
+  score = scoring.score_labels(np.where(correct, 0, 1), np.zeros(len(robust)))
+  return suite.AttackResult(name, kind, "", {}, score, 1.0, 0, 0)
+
+
+class WorstCaseTest(tf.test.TestCase):
+
+  def test_worst_case_is_per_example(self):
+    clean = result("clean", [True] * 4).score
+    a = result("A", [False, False, True, True])
+    b = result("B", [True, True, False, True])
+    worst = suite.worst_case(clean, [a, b])
+    self.assertAllEqual(worst["robust"], [False, False, False, True])
+    self.assertEqual(worst["strict_accuracy"], 0.25)
+    self.assertEqual(worst["strongest"], "A")
+    self.assertEqual(worst["attacks"], ["A", "B"])
+
+  def test_clean_mistakes_count_as_not_robust(self):
+    clean = result("clean", [False, True]).score
+    worst = suite.worst_case(clean, [result("A", [True, True])])
+    self.assertAllEqual(worst["robust"], [False, True])
+
+  def test_mean_takes_per_example_minimum_over_draws(self):
+    clean = result("clean", [True, True]).score
+    # A: image 0 correct in 1 of 2 draws; B: image 1 correct in 0 of 2 draws.
+    a = result("A", [True, True], draws=np.array([[True, True], [False, True]]))
+    b = result("B", [True, True], draws=np.array([[True, False], [True, False]]))
+    worst = suite.worst_case(clean, [a, b])
+    self.assertEqual(worst["mean_accuracy"], 0.25)
+    self.assertEqual(worst["strict_accuracy"], 0.0)
+
+  def test_kinds_filter(self):
+    clean = result("clean", [True, True]).score
+    a = result("A", [True, False], kind=suite.TRANSFER)
+    b = result("B", [True, True])
+    worst = suite.worst_case(clean, [a, b], kinds=(suite.WHITE_BOX,))
+    self.assertEqual((worst["strict_accuracy"], worst["strongest"]), (1.0, "B"))
+
+
+class RegistryTest(tf.test.TestCase):
+
+  def test_presets(self):
+    self.assertEqual(suite.resolve_attacks("paper"), list(suite.PRESETS["paper"]))
+    full = suite.resolve_attacks(["full"])
+    self.assertCountEqual(full, set(suite.PRESETS["paper"]) |
+                          set(suite.PRESETS["adaptive"]))
+    self.assertEqual(suite.resolve_attacks(["square", "adaptive", "square"])[0],
+                     "square")
+    for name in full:
+      self.assertIn(name, suite.REGISTRY)
+
+  def test_unknown_attack_raises(self):
+    with self.assertRaisesRegex(ValueError, "attacks='nope'"):
+      suite.resolve_attacks(["nope"])
+
+  def test_plain_classifier_plan(self):
+    target = suite.Target(attack_properties.tiny_model())
+    runs, skipped = suite.plan(target, suite.resolve_attacks("full"))
+    names = [name for name, _ in runs]
+    self.assertEqual(names, ["pgd", "hop_skip_jump", "gen_attack",
+                             "pgd_restarts", "apgd_ce", "apgd_dlr_t", "square"])
+    self.assertIn("no surrogate", skipped["blackbox_transfer"])
+    self.assertIn("plain classifier", skipped["whitebox_transfer"])
+    self.assertIn("same as pgd", skipped["bpda_tanh"])
+
+  def test_defended_plan_keeps_every_estimator(self):
+    target = suite.Target(tiny_defended(), surrogate=attack_properties.tiny_model())
+    runs, skipped = suite.plan(target, suite.resolve_attacks("full"))
+    self.assertEqual(skipped, {})
+    self.assertEqual([n for n, _ in runs], suite.resolve_attacks("full"))
+
+  def test_budget_helpers(self):
+    budget = suite.Budget(steps=10, queries=1000)
+    self.assertEqual(suite.spsa_samples(budget), 98)  # 1 + 10 * 99 <= 1000.
+    self.assertEqual(suite.genattack_generations(budget), 166)
+    # Cost of iteration t: 100 sqrt(t) + 25. 125 + 166.4 + 198.2 + 225 + 248.6
+    # = 963.2 <= 1000; a sixth (269.9) would exceed the budget.
+    self.assertEqual(suite.hsj_iterations(budget), 5)
+
+  def test_bad_budget_raises(self):
+    with self.assertRaisesRegex(ValueError, "queries"):
+      suite.Budget(queries=0).validate()
+    with self.assertRaisesRegex(ValueError, "eot_samples"):
+      suite.Budget(eot_samples=0).validate()
+
+  def test_target_needs_keras_model(self):
+    with self.assertRaisesRegex(TypeError, "model"):
+      suite.Target(lambda x: x)
+
+
+class CountPassesTest(tf.test.TestCase):
+
+  def test_counts_f_b_and_model_forwards(self):
+    model = tiny_defended(steps=3)
+    x, _ = attack_properties.tiny_batch()
+    with suite.count_passes(model, adv_layer.find_transforms(model)) as counters:
+      model(x)
+      tf.function(lambda images: model(images))(x)
+    # Per image: 1 forward for y_LL, then 3 steps -> 4 f_b forwards.
+    self.assertEqual(int(counters["f_b"].numpy()), 2 * 6 * 4)
+    self.assertEqual(int(counters["model"].numpy()), 2 * 6)
+    self.assertNotIn("call", model.__dict__)
+
+
+class RunSuiteTest(tf.test.TestCase):
+
+  def test_query_attack_on_defended_model(self):
+    model = tiny_defended()
+    x, y = attack_properties.tiny_batch()
+    target = suite.Target(model)
+    budget = suite.Budget(queries=5)
+    first = suite.run_suite(target, x, y, ["square"], budget, seed=3, draws=2)
+    second = suite.run_suite(target, x, y, ["square"], budget, seed=3, draws=2)
+    run = first.results[0]
+    self.assertEqual(run.budget, {"epsilon": 8 / 255, "queries": 5})
+    self.assertGreater(run.model_passes, 0)
+    self.assertEqual(run.f_b_passes, 3 * run.model_passes)  # 1 + N, N = 2.
+    self.assertLessEqual(np.abs(run.x_adv - x).max(), 8 / 255 + 1e-6)
+    self.assertAllEqual(run.x_adv, second.results[0].x_adv)
+    self.assertAllEqual(run.score.correct, second.results[0].score.correct)
+    self.assertEqual(first.worst["attacks"], ["square"])
+    self.assertTrue(first.defended)
+
+  def test_white_box_on_plain_model_and_rerun(self):
+    model = attack_properties.tiny_model()
+    x, y = attack_properties.tiny_batch()
+    target = suite.Target(model)
+    budget = suite.Budget(epsilon=0.3, steps=5, eot_samples=4)
+    out = suite.run_suite(target, x, y, ["bpda_identity_eot", "bpda_tanh"],
+                          budget, seed=0, draws=1)
+    self.assertEqual([r.name for r in out.results], ["pgd"])
+    self.assertEqual(out.results[0].budget["eot_samples"], 1)  # Deterministic.
+    self.assertEqual(out.results[0].f_b_passes, 0)
+    zero = suite.rerun(target, "pgd", x, y, budget, seed=0, draws=1, epsilon=0.0)
+    self.assertAllEqual(zero.x_adv, x)
+    with self.assertRaisesRegex(ValueError, "name='unrolled'"):
+      suite.rerun(target, "unrolled", x, y, budget)
+
+  def test_keep_going_records_a_failing_attack(self):
+    target = suite.Target(attack_properties.tiny_model())  # 3 classes.
+    x, y = attack_properties.tiny_batch()
+    names = ["apgd_dlr_t_bpda_identity", "square"]  # DLR-T needs >= 4 classes.
+    budget = suite.Budget(steps=2, queries=3)
+    with self.assertRaisesRegex(ValueError, "dlr_targeted"):
+      suite.run_suite(target, x, y, names, budget, draws=1)
+    out = suite.run_suite(target, x, y, names, budget, draws=1, keep_going=True)
+    self.assertEqual([r.name for r in out.results], ["square"])
+    self.assertIn("ValueError", out.failed["apgd_dlr_t"])
+
+  def test_attack_seed_depends_on_name_and_seed(self):
+    self.assertEqual(suite.attack_seed(1, "a"), suite.attack_seed(1, "a"))
+    self.assertNotEqual(suite.attack_seed(1, "a"), suite.attack_seed(1, "b"))
+    self.assertNotEqual(suite.attack_seed(1, "a"), suite.attack_seed(2, "a"))
+    self.assertIsNone(suite.attack_seed(None, "a"))
+
+
+if __name__ == "__main__":
+  tf.test.main()
+
+
+class EveryAttackTest(tf.test.TestCase):
+
+  def test_full_preset_and_spsa_run_on_a_tiny_defended_model(self):
+    x, y = attack_properties.tiny_batch(batch=4, classes=4)
+    train = attack_properties.tiny_batch(seed=1, batch=64)[0]
+    surrogate = attack_properties.tiny_model(seed=3, classes=4)
+    target = suite.Target(tiny_defended(), surrogate=surrogate,
+                          train_images=train)
+    budget = suite.Budget(steps=2, eot_samples=2, queries=12)
+    names = suite.resolve_attacks(["full", "spsa"])
+    out = suite.run_suite(target, x, y, names, budget, seed=0, draws=2)
+    self.assertEqual([r.name for r in out.results], names)
+    for run in out.results:
+      self.assertLessEqual(np.abs(run.x_adv - x).max(), 8 / 255 + 1e-6, run.name)
+      self.assertEqual(run.budget["epsilon"], 8 / 255)
+      self.assertGreater(run.elapsed_s, 0.0)
+    passes = {r.name: r.f_b_passes for r in out.results}
+    self.assertEqual(passes["whitebox_transfer"], 0)  # f_a alone.
+    self.assertGreater(passes["bpda_softsign"], passes["bpda_identity_eot"])
