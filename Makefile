@@ -11,6 +11,10 @@ VENV_BIN := $(abspath $(dir $(shell command -v $(PYTHON))))
 BAZEL := PATH="$(VENV_BIN):$$PATH" bazel
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 DEMO_DIR ?= runs/demo
+# A smoke-sized attack budget: every attack of the adaptive suite runs, briefly.
+SMOKE_ATTACK_FLAGS ?= --attacks=adaptive --num_examples=20 --steps=5 \
+    --eot_samples=2 --queries=100 --draws=2 --reparam_images=64 --eot_curve=1,2 \
+    --noconvergence
 
 # The offline CIFAR-10 copy beside the repository (DATA.md), unless
 # TFDS_DATA_DIR is already set; elsewhere tfds downloads as usual.
@@ -27,8 +31,8 @@ demo:
 	$(PYTHON) examples/pretrain_fb.py --preset=smoke --output=$(DEMO_DIR)/f_b.keras
 	$(PYTHON) examples/train_cifar10.py --preset=smoke --fb=$(DEMO_DIR)/f_b.keras \
 	    --output=$(DEMO_DIR)/defended.keras
-	$(PYTHON) examples/attack_eval.py --preset=smoke --model=$(DEMO_DIR)/defended.keras \
-	    --fb=$(DEMO_DIR)/f_b.keras --report_dir=$(DEMO_DIR)/report
+	$(PYTHON) examples/attack_eval.py --model=$(DEMO_DIR)/defended.keras \
+	    --report_dir=$(DEMO_DIR)/report $(SMOKE_ATTACK_FLAGS)
 
 # Bazel first, so that pytest's summary is the last line.
 test: bazel-test pytest

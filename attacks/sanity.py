@@ -324,11 +324,12 @@ def run_checks(target, suite_result, x, y, convergence=True):
   black = {r.name: r.score.mean_accuracy for r in results
            if r.kind != suite.WHITE_BOX}
   flags.append(check_gradient_masking(white, black))
-  estimators = sorted({suite.REGISTRY[r.name].estimator or "direct"
-                       for r in results if r.kind == suite.WHITE_BOX}
-                      if target.defended else ({"direct"} if white else set()))
-  stats = {e: gradient_stats(target.white_box_fn(e) if target.defended
-                             else target.forward_fn(), x, y) for e in estimators}
+  if target.defended:
+    estimators = sorted({suite.REGISTRY[name].estimator for name in white})
+  else:  # White-box attacks differentiate the model directly.
+    estimators = ["direct"] if white else []
+  stats = {e: gradient_stats(target.white_box_fn(e, seed=suite_result.seed),
+                             x, y) for e in estimators}
   extras["gradients"] = stats
   flags.append(check_gradients(stats))
   for what in ("steps", "restarts"):

@@ -19,7 +19,8 @@ ADAM_BETA2 = 0.999
 ADAM_EPSILON = 1e-8
 
 
-def spsa_gradient(model_fn, x_adv, y, samples, delta, rng):
+def spsa_gradient(model_fn, x_adv, y, samples, delta, rng,
+                  value_range=(0.0, 1.0)):
   """SPSA estimate of the margin loss's input gradient, per image.
 
   Uses `samples // 2` antithetic pairs x ± delta·v with v Rademacher:
@@ -32,6 +33,8 @@ def spsa_gradient(model_fn, x_adv, y, samples, delta, rng):
     samples: model evaluations per image (an even number).
     delta: finite-difference step δ.
     rng: NumPy generator.
+    value_range: `(low, high)`; query points are clipped to it, since a
+      defended model refuses inputs outside its value range.
 
   Returns:
     float32 array of the shape of `x_adv`.
@@ -40,6 +43,7 @@ def spsa_gradient(model_fn, x_adv, y, samples, delta, rng):
   v = rng.choice([-1.0, 1.0], size=(n, pairs) + x_adv.shape[1:]).astype(np.float32)
   points = np.concatenate([x_adv[:, None] + delta * v, x_adv[:, None] - delta * v],
                           axis=1).reshape((n * samples,) + x_adv.shape[1:])
+  points = np.clip(points, value_range[0], value_range[1])
   loss = square.margins(square.query_logits(model_fn, points),
                         np.repeat(y, samples)).reshape(n, samples)
   difference = (loss[:, :pairs] - loss[:, pairs:]) / (2.0 * delta)
@@ -99,7 +103,8 @@ def spsa(model_fn, x, y, epsilon=8 / 255, steps=100, samples=128, delta=0.01,
     active = np.flatnonzero(loss >= 0)
     if active.size == 0:
       break
-    grad = spsa_gradient(model_fn, x_adv[active], y[active], samples, delta, rng)
+    grad = spsa_gradient(model_fn, x_adv[active], y[active], samples, delta, rng,
+                         value_range)
     first[active] = ADAM_BETA1 * first[active] + (1 - ADAM_BETA1) * grad
     second[active] = ADAM_BETA2 * second[active] + (1 - ADAM_BETA2) * grad**2
     corrected = (first[active] / (1 - ADAM_BETA1**step)) / (

@@ -11,17 +11,25 @@ Measures, in one run on one machine (DESIGN.md "Performance"; issue 2 Sec. 6):
    input-gradient pass is counted as equal to its forward FLOPs (it is the
    transposed convolution with the same multiply-adds); weight gradients are
    not needed (f_b is frozen) and not counted; batch norm, ReLU, pooling, the
-   loss and the projection are elementwise and not counted (under 1%).
+   loss and the projection are elementwise, with negligible FLOPs (not
+   negligible time: max-pool gradients and the batch-norm multiplies take
+   about 15% of it with oneDNN, a quarter without).
 2. Time per training epoch of the defended model f_a(g(x)) vs PGD-7
    adversarial training (Madry et al.) of the same f_a on the same images,
    side by side, both with `model.fit`.
 3. Optionally a bfloat16 inner loop: a copy of f_b under the
    `mixed_bfloat16` policy runs inside the same float32 LL-PGD loop (only the
-   sign of its gradient is used); its speed and the fraction of pixels of g(x)
-   equal to the float32 result under the same random start.
+   sign of its gradient is used); its speed, the fraction of pixels of g(x)
+   equal to the float32 result under the same random start, and the fraction
+   of first-step gradient signs that agree.
+
+On CPUs without AVX-512 (e.g. AMD EPYC) TensorFlow leaves its oneDNN kernels
+off; `TF_ENABLE_ONEDNN_OPTS=1` (set before the run) turns them on. The table
+says which was in force.
 
 Usage (the defaults are the paper's transform settings on CIFAR-10):
   TFDS_DATA_DIR=... python examples/benchmark.py
+  TF_ENABLE_ONEDNN_OPTS=1 TFDS_DATA_DIR=... python examples/benchmark.py
   python examples/benchmark.py --data=random --batch_size=64 --repeats=2 \
       --train_images=256 --json_out=/tmp/bench.json
 """
@@ -149,7 +157,7 @@ def matmul_flop_rate(size=2048, repeats=3):
   """
   a = tf.random.stateless_uniform((size, size), seed=(1, 2))
   b = tf.random.stateless_uniform((size, size), seed=(3, 4))
-  matmul = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
+  matmul = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)), autograph=False)
   return 2.0 * size**3 / best_seconds(matmul, repeats)
 
 
@@ -207,7 +215,7 @@ def transform_fn(f_b, epsilon, steps, seed, jit_compile=False):
   """
   return tf.function(
       lambda x: transform.ll_pgd(f_b, x, epsilon=epsilon, steps=steps, seed=seed),
-      jit_compile=jit_compile)
+      jit_compile=jit_compile, autograph=False)
 
 
 def transform_throughput(g, x, repeats):
@@ -253,6 +261,27 @@ def bfloat16_copy(f_b):
 def pixel_agreement(a, b):
   """Fraction of entries of `a` and `b` that are exactly equal."""
   return float(np.mean(np.asarray(a) == np.asarray(b)))
+
+
+def first_step_sign_agreement(f_b, f_b_other, x):
+  """Fraction of pixels where both models' first LL-PGD step has the same sign.
+
+  Both gradients are taken at the clean `x` toward f_b's least-likely class;
+  this isolates one step from the path divergence that builds up over N steps.
+
+  Args:
+    f_b: the reference model.
+    f_b_other: e.g. its bfloat16 copy.
+    x: float32 images.
+
+  Returns:
+    A float in [0, 1].
+  """
+  x = tf.convert_to_tensor(x, tf.float32)
+  labels, _ = transform.target_labels(transform.logits_float32(f_b, x),
+                                      "least_likely")
+  return pixel_agreement(tf.sign(transform.input_gradient(f_b, x, labels)),
+                         tf.sign(transform.input_gradient(f_b_other, x, labels)))
 
 
 class MadryTraining(keras.Model):
@@ -435,10 +464,13 @@ def run_benchmark(f_b, x, epsilon, steps, repeats, matmul_size, jit_compile,
   }
   if bf16_batch_size:
     x_bf16 = x[:bf16_batch_size]
-    g_bf16 = transform_fn(bfloat16_copy(f_b), epsilon, steps, seed, jit_compile)
+    f_b_bf16 = bfloat16_copy(f_b)
+    g_bf16 = transform_fn(f_b_bf16, epsilon, steps, seed, jit_compile)
     results["bf16_batch_size"] = int(x_bf16.shape[0])
     results["bf16_images_per_s"], _ = transform_throughput(g_bf16, x_bf16, repeats)
     results["bf16_pixel_agreement"] = pixel_agreement(g(x_bf16), g_bf16(x_bf16))
+    results["bf16_sign_agreement"] = first_step_sign_agreement(
+        f_b, f_b_bf16, x_bf16)
   return results
 
 
@@ -460,7 +492,9 @@ def results_rows(info, settings, results):
         ("transform bf16", f"{results['bf16_images_per_s']:.1f} images/s "
          f"(batch {results['bf16_batch_size']})"),
         ("bf16 vs fp32 g(x)",
-         f"{100 * results['bf16_pixel_agreement']:.2f}% of pixels equal"),
+         f"{100 * results['bf16_pixel_agreement']:.2f}% of pixels equal; "
+         f"first-step gradient signs {100 * results['bf16_sign_agreement']:.1f}% "
+         "equal"),
     ]
   if "epoch_seconds" in results:
     epoch = results["epoch_seconds"]

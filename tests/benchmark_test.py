@@ -73,6 +73,7 @@ class TransformTimingTest(tf.test.TestCase):
                         results["transform_flops_per_s"] /
                         results["matmul_flops_per_s"])
     self.assertBetween(results["bf16_pixel_agreement"], 0.0, 1.0)
+    self.assertBetween(results["bf16_sign_agreement"], 0.0, 1.0)
     self.assertGreater(results["bf16_images_per_s"], 0)
 
 
@@ -89,6 +90,11 @@ class BFloat16Test(tf.test.TestCase):
     x = tiny_images()
     # bfloat16 keeps 8 significant bits: logits agree to about 1%.
     self.assertAllClose(tf.cast(copy(x), tf.float32), f_b(x), atol=0.05, rtol=0.02)
+
+  def test_a_model_agrees_with_itself_in_sign(self):
+    f_b = tiny_f_b()
+    self.assertEqual(
+        benchmark.first_step_sign_agreement(f_b, f_b, tiny_images()), 1.0)
 
   def test_pixel_agreement(self):
     self.assertEqual(benchmark.pixel_agreement([1.0, 2.0, 3.0, 4.0],

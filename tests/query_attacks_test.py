@@ -126,6 +126,21 @@ class SpsaTest(QueryAttackChecks, tf.test.TestCase):
                               np.random.default_rng(0))
     self.assertAllEqual(np.sign(grad), [[1.0, -1.0, 1.0]])
 
+  def test_queries_stay_in_value_range(self):
+    # A defended model refuses inputs outside its value range: SPSA's
+    # finite-difference points at saturated pixels must be clipped.
+    seen = []
+
+    def model_fn(x):
+      seen.append((float(tf.reduce_min(x)), float(tf.reduce_max(x))))
+      return tf.matmul(tf.reshape(x, [-1, 3]), tf.eye(3))
+
+    x = np.array([[0.0, 1.0, 0.5]], np.float32)
+    spsa.spsa_gradient(model_fn, x, np.array([0]), 8, 0.01,
+                       np.random.default_rng(0))
+    self.assertGreaterEqual(min(low for low, _ in seen), 0.0)
+    self.assertLessEqual(max(high for _, high in seen), 1.0)
+
   def test_bad_arguments_raise(self):
     with self.assertRaisesRegex(ValueError, "Received: samples=3"):
       spsa.spsa(self.model, self.x, self.y, samples=3)

@@ -1,11 +1,13 @@
-"""Tests of attacks.sanity: every check trips on a constructed case, quiet on a clean one."""
+"""Tests of attacks.sanity: each check trips on a made case, quiet on a clean one."""
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+import adv_layer
 from attacks import sanity
 from attacks import suite
+from tests import attack_properties
 
 EPSILON = 0.06
 
@@ -159,6 +161,27 @@ class GradientMaskingSuiteTest(tf.test.TestCase):
     self.assertEqual(extras["doubled_restarts"],
                      {"attack": "pgd_restarts", "accuracy": 0.0})
     self.assertIn("pgd_restarts: accuracy", flags["converged-in-restarts"].message)
+
+
+class DefendedChecksTest(tf.test.TestCase):
+
+  def test_gradients_measured_per_estimator(self):
+    f_b = attack_properties.tiny_model(seed=1)
+    model = keras.Sequential([
+        keras.Input((4, 4, 1)),
+        adv_layer.AdversarialTransform(f_b, epsilon=0.2, steps=2, seed=0),
+        attack_properties.tiny_model(seed=2)])
+    x, y = attack_properties.tiny_batch(batch=4)
+    target = suite.Target(model)
+    result = suite.run_suite(target, x, y, ["bpda_identity_eot", "unrolled"],
+                             suite.Budget(steps=2), seed=0, draws=2)
+    flags, extras = sanity.run_checks(target, result, x, y, convergence=False)
+    self.assertEqual(sorted(extras["gradients"]), ["bpda_identity", "unrolled"])
+    self.assertEqual(extras["gradients"]["bpda_identity"]["zero_examples"], 0)
+    self.assertEqual(extras["gradients"]["bpda_identity"]["nonfinite"], 0)
+    by_name = {f.name: f.status for f in flags}
+    self.assertEqual(by_name["gradient-masking"], "not run")  # No black box.
+    self.assertEqual(by_name["zero-or-nan-gradients"], "ok")
 
 
 if __name__ == "__main__":
