@@ -1,5 +1,16 @@
-"""adv_layer: the adversarial-transformation defense (Xiao & Zheng, CVPR 2020) for Keras."""
+"""adv_layer: the adversarial-transformation defense (Xiao & Zheng, CVPR 2020) for Keras.
 
+Modules:
+  transform  the pure LL-PGD procedure g(x) (`ll_pgd`), paper eqs. (2)-(3).
+  layer      `AdversarialTransform`, the Keras layer that wraps a frozen f_b.
+  models     f_b / f_a builders (`small_vgg`, `resnet18`, `small_cnn`).
+  data       tfds and image-folder pipelines, float images in [0, 1].
+  training   f_b pretraining (standard or PGD), defended training, presets.
+"""
+
+from adv_layer import data
+from adv_layer import models
+from adv_layer import training
 from adv_layer.layer import AdversarialTransform
 from adv_layer.layer import find_transforms
 from adv_layer.transform import ll_pgd

@@ -12,11 +12,16 @@ resumes from the last finished epoch when rerun with the same
 resumed run restarts from the seeded stream's beginning (weights, optimizer
 state, epoch and learning-rate schedule resume exactly).
 
+Keras 3.15's `fit` fails under `tf.distribute.MultiWorkerMirroredStrategy`
+(keras-team/keras#20585), so `train` routes that strategy through
+`fit_distributed`, a custom loop with `tf.train.Checkpoint` backups.
+
 `PRESETS` holds the settings of each scale (smoke, cpu, paper) in one place.
 """
 
 import numbers
 import os
+import tempfile
 
 import keras
 import numpy as np
@@ -140,15 +145,34 @@ def per_worker_path(path, strategy):
   Returns:
     `path`, or `<root>_<task_type><task_id><ext>` on a non-chief worker.
   """
+  if is_chief(strategy):
+    return path
+  resolver = strategy.cluster_resolver
+  root, ext = os.path.splitext(path)
+  return f"{root}_{resolver.task_type}{resolver.task_id or 0}{ext}"
+
+
+def is_chief(strategy):
+  """Whether this process is the chief of `strategy`'s cluster.
+
+  Args:
+    strategy: the `tf.distribute.Strategy` in use.
+
+  Returns:
+    True for a single-process strategy, the chief task, or worker 0 of a
+    cluster without a chief; False on every other worker.
+  """
   resolver = getattr(strategy, "cluster_resolver", None)
   task_type = getattr(resolver, "task_type", None)
   task_id = getattr(resolver, "task_id", None) or 0
   has_chief = "chief" in (resolver.cluster_spec().as_dict() if resolver else {})
-  if task_type in (None, "chief") or (task_type == "worker" and task_id == 0
-                                      and not has_chief):
-    return path
-  root, ext = os.path.splitext(path)
-  return f"{root}_{task_type}{task_id}{ext}"
+  return task_type in (None, "chief") or (task_type == "worker" and task_id == 0
+                                          and not has_chief)
+
+
+def is_multi_worker(strategy):
+  """Whether `strategy` is a MultiWorkerMirroredStrategy (no Keras `fit`)."""
+  return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
 
 def learning_rate_schedule(learning_rate, steps_per_epoch, lr_drop_epoch=None,
@@ -333,12 +357,105 @@ def fit_with_checkpoints(model, train_data, epochs, checkpoint_dir=None,
                    callbacks=all_callbacks, verbose=verbose)
 
 
+def fit_distributed(model, train_data, epochs, checkpoint_dir=None, verbose=1):
+  """Custom training loop for MultiWorkerMirroredStrategy (Sec. 3.2, 3.4).
+
+  Does what `fit_with_checkpoints` does where Keras `fit` cannot run. Each
+  step runs under `strategy.run`: an `AdversarialTrainer` first replaces the
+  batch by its PGD examples; the logits cross-entropy is averaged over the
+  global batch (`tf.nn.compute_average_loss`) and the model's optimizer
+  applies the all-reduced gradients. After every epoch a
+  `tf.train.Checkpoint` of the model's variables (seed states included), its
+  optimizer and the epoch counter is written to `checkpoint_dir`; a rerun
+  restores the latest one and trains the remaining epochs (the folder is
+  kept, so a finished run is not repeated).
+
+  Args:
+    model: a model compiled with an optimizer (logits out), built, created
+      under the strategy's scope.
+    train_data: a finite `tf.data.Dataset` of `(images, labels)` batches of
+      the global batch size, the same on every worker (each keeps its share).
+    epochs: total epochs (a resumed run trains the remaining ones).
+    checkpoint_dir: this worker's own folder (`per_worker_path`), or None.
+    verbose: 0 silent, otherwise one line per epoch.
+
+  Returns:
+    A `keras.callbacks.History` with the epochs trained and their `loss` and
+    `accuracy`.
+  """
+  strategy = model.distribute_strategy
+  optimizer = model.optimizer
+  with strategy.scope():
+    if not optimizer.built:  # Its variables must exist before a restore.
+      optimizer.build(model.trainable_variables)
+    epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+  # `model.variables`, not `model`: the list holds every variable (batch
+  # statistics and random-start seed states included) in a fixed order.
+  checkpoint = tf.train.Checkpoint(variables=model.variables,
+                                   optimizer=optimizer, epoch=epoch)
+  manager = None
+  if checkpoint_dir is not None:
+    manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir,
+                                         max_to_keep=2)
+    if manager.latest_checkpoint is not None:
+      checkpoint.restore(
+          manager.latest_checkpoint).assert_existing_objects_matched()
+
+  def replica_step(images, labels):
+    labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
+    if isinstance(model, AdversarialTrainer):
+      images = tf.cast(model.perturb(images, labels), images.dtype)
+    with tf.GradientTape() as tape:
+      logits = model(images, training=True)
+      losses = keras.losses.sparse_categorical_crossentropy(
+          labels, logits, from_logits=True)
+      loss = tf.nn.compute_average_loss(losses)
+    grads = tape.gradient(loss, model.trainable_variables)
+    optimizer.apply(grads, model.trainable_variables)
+    hits = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels)
+    return (tf.reduce_sum(losses), tf.reduce_sum(tf.cast(hits, tf.float32)),
+            tf.cast(tf.size(labels), tf.float32))
+
+  @tf.function
+  def train_step(batch):
+    sums = strategy.run(replica_step, args=batch)
+    return tf.stack([strategy.reduce(tf.distribute.ReduceOp.SUM, s, axis=None)
+                     for s in sums])
+
+  history = keras.callbacks.History()
+  history.epoch, history.history = [], {"loss": [], "accuracy": []}
+  # Shard by batch, not by file: a small split may have fewer files than
+  # workers, and then file sharding fails.
+  options = tf.data.Options()
+  options.experimental_distribute.auto_shard_policy = (
+      tf.data.experimental.AutoShardPolicy.DATA)
+  distributed_data = strategy.experimental_distribute_dataset(
+      train_data.with_options(options))
+  for index in range(int(epoch.numpy()), epochs):
+    totals = np.zeros(3)  # Sum of losses, correct predictions, examples.
+    for batch in distributed_data:
+      totals += train_step(batch).numpy()
+    loss, hits = totals[:2] / totals[2]
+    epoch.assign(index + 1)
+    if manager is not None:
+      manager.save()
+    history.epoch.append(index)
+    history.history["loss"].append(float(loss))
+    history.history["accuracy"].append(float(hits))
+    if verbose:
+      print(f"Epoch {index + 1}/{epochs} - loss: {loss:.4f} - accuracy: "
+            f"{hits:.4f}", flush=True)
+  return history
+
+
 def train(model, train_data, epochs, learning_rate=0.1, momentum=0.9,
           lr_drop_epoch=None, checkpoint_dir=None, output=None,
           validation_data=None, callbacks=(), verbose=1):
   """Compiles with the paper's SGD, fits with checkpoints, saves the result.
 
-  Call it inside `strategy.scope()` to distribute.
+  Call it inside `strategy.scope()` to distribute. Under
+  MultiWorkerMirroredStrategy it trains with `fit_distributed` and only the
+  chief saves `output`.
 
   Args:
     model: the model to train, e.g. `defended_model(f_b, f_a)`.
@@ -347,19 +464,32 @@ def train(model, train_data, epochs, learning_rate=0.1, momentum=0.9,
     learning_rate, momentum, lr_drop_epoch: the optimizer (see `compile_sgd`).
     checkpoint_dir: backup folder (see `fit_with_checkpoints`), or None.
     output: `.keras` path for the trained model, or None.
-    validation_data: optional evaluation dataset.
-    callbacks: further callbacks.
+    validation_data: optional evaluation dataset (not under multi-worker).
+    callbacks: further callbacks (not under multi-worker).
     verbose: Keras verbosity.
 
   Returns:
     The `keras.callbacks.History`.
+
+  Raises:
+    ValueError: for `validation_data` or `callbacks` under multi-worker.
   """
   compile_sgd(model, learning_rate, momentum, lr_drop_epoch,
               steps_per_epoch(train_data))
-  history = fit_with_checkpoints(model, train_data, epochs, checkpoint_dir,
-                                 validation_data, callbacks, verbose)
+  strategy = model.distribute_strategy
+  if is_multi_worker(strategy):
+    if validation_data is not None or callbacks:
+      raise ValueError(
+          "`validation_data` and `callbacks` need Keras `fit`, which fails "
+          "under MultiWorkerMirroredStrategy. Received: validation_data="
+          f"{validation_data!r}, callbacks={callbacks!r}")
+    history = fit_distributed(model, train_data, epochs, checkpoint_dir,
+                              verbose)
+  else:
+    history = fit_with_checkpoints(model, train_data, epochs, checkpoint_dir,
+                                   validation_data, callbacks, verbose)
   if output is not None:
-    save_model(model, output)
+    save_from_chief(model, output, strategy)
   return history
 
 
@@ -374,7 +504,7 @@ def pretrain_fb(f_b, train_data, epochs, adversarial=False, epsilon=8 / 255,
     adversarial: Madry PGD adversarial training (the paper's preferred f_b).
     epsilon, steps, step_size: the training attack (see `AdversarialTrainer`).
     seed: seed of the attack's random starts.
-    output: `.keras` path for f_b, or None.
+    output: `.keras` path for f_b, or None (written by the chief only).
     **train_kwargs: arguments of `train` (learning rate, checkpoints, ...).
 
   Returns:
@@ -386,7 +516,7 @@ def pretrain_fb(f_b, train_data, epochs, adversarial=False, epsilon=8 / 255,
                                step_size=step_size, seed=seed, name="pgd_trainer")
   history = train(model, train_data, epochs, **train_kwargs)
   if output is not None:
-    save_model(f_b, output)
+    save_from_chief(f_b, output, model.distribute_strategy)
   return history
 
 
@@ -404,17 +534,40 @@ def save_model(model, path):
   model.save(path)
 
 
+def save_from_chief(model, path, strategy):
+  """Saves `model` to `path` on the chief only.
+
+  Saving can run collective ops under MultiWorkerMirroredStrategy, so every
+  worker must save: the others write to a temporary folder and delete it.
+
+  Args:
+    model: the model.
+    path: `.keras` path.
+    strategy: the `tf.distribute.Strategy` in use.
+  """
+  if is_chief(strategy):
+    save_model(model, path)
+    return
+  with tempfile.TemporaryDirectory() as folder:
+    save_model(model, os.path.join(folder, os.path.basename(str(path))))
+
+
 def accuracy(model, data, verbose=0):
   """Top-1 accuracy of `model` (logits out) on `(images, labels)` batches.
 
   Args:
     model: the model.
     data: a finite dataset in a fixed order (an evaluation pipeline).
-    verbose: Keras verbosity of `predict`.
+    verbose: Keras verbosity of `predict` (unused under multi-worker).
 
   Returns:
     The accuracy as a float in [0, 1].
   """
-  logits = model.predict(data.map(lambda x, y: x), verbose=verbose)
+  if is_multi_worker(model.distribute_strategy):
+    # Keras `predict` fails there too: each worker scores all of `data` alone.
+    logits_of = tf.function(lambda images: model(images, training=False))
+    logits = np.concatenate([logits_of(x).numpy() for x, _ in data])
+  else:
+    logits = model.predict(data.map(lambda x, y: x), verbose=verbose)
   labels = np.concatenate([y.numpy() for _, y in data])
   return float(np.mean(np.argmax(logits, axis=-1) == labels))

@@ -63,11 +63,10 @@ def settings():
 
 
 def output_paths(strategy):
-  """The .keras output path and the backup folder (per worker)."""
+  """The .keras output path (the chief writes it) and this worker's backups."""
   output = FLAGS.output or os.path.join("runs", FLAGS.preset, "f_b.keras")
   backup = FLAGS.checkpoint_dir or os.path.splitext(output)[0] + "_backup"
-  return (training.per_worker_path(output, strategy),
-          training.per_worker_path(backup, strategy))
+  return output, training.per_worker_path(backup, strategy)
 
 
 def main(argv):

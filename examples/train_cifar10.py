@@ -70,12 +70,14 @@ def settings():
 
 
 def output_paths(strategy):
-  """The f_b path, the .keras output path and the backup folder (per worker)."""
+  """The f_b path, the .keras output path (the chief writes it), backups.
+
+  The backup folder is this worker's own (`training.per_worker_path`).
+  """
   fb = FLAGS.fb or os.path.join("runs", FLAGS.preset, "f_b.keras")
   output = FLAGS.output or os.path.join("runs", FLAGS.preset, "defended.keras")
   backup = FLAGS.checkpoint_dir or os.path.splitext(output)[0] + "_backup"
-  return (fb, training.per_worker_path(output, strategy),
-          training.per_worker_path(backup, strategy))
+  return fb, output, training.per_worker_path(backup, strategy)
 
 
 def load_fb(path, preset, image_shape, num_classes):

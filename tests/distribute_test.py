@@ -66,22 +66,31 @@ def read_reports(paths):
   return reports
 
 
-# Both scenarios start together in setUpModule (separate processes), so
-# the file's wall time is the slower scenario's, not their sum.
+# All scenarios start together in setUpModule (separate processes), so
+# the file's wall time is the slowest scenario's, not their sum.
 OUT_DIR = tempfile.mkdtemp()
 MIRRORED_PATHS = [os.path.join(OUT_DIR, "mirrored.json")]
 WORKER_PATHS = [os.path.join(OUT_DIR, f"worker{i}.json") for i in range(2)]
+LOOP_DIR = os.path.join(OUT_DIR, "training_loop")
+LOOP_PATHS = [os.path.join(LOOP_DIR, f"worker{i}.json") for i in range(2)]
 RUNS = {}
+
+
+def start_cluster(mode, paths):
+  """Starts one `mode` worker per path, a cluster on free localhost ports."""
+  cluster = {"worker": [f"localhost:{free_port()}" for _ in paths]}
+  return [
+      start_worker(mode, path,
+                   {"cluster": cluster, "task": {"type": "worker", "index": i}})
+      for i, path in enumerate(paths)
+  ]
 
 
 def setUpModule():
   RUNS["mirrored"] = [start_worker("mirrored", MIRRORED_PATHS[0])]
-  cluster = {"worker": [f"localhost:{free_port()}" for _ in range(2)]}
-  RUNS["multi_worker"] = [
-      start_worker("multi_worker", path,
-                   {"cluster": cluster, "task": {"type": "worker", "index": i}})
-      for i, path in enumerate(WORKER_PATHS)
-  ]
+  RUNS["multi_worker"] = start_cluster("multi_worker", WORKER_PATHS)
+  os.makedirs(LOOP_DIR)
+  RUNS["training_loop"] = start_cluster("training_loop", LOOP_PATHS)
 
 
 def tearDownModule():
@@ -138,6 +147,35 @@ class MultiWorkerMirroredStrategyTest(tf.test.TestCase):
     deltas = [np.array(r["draws"]["deltas"]) for r in reports]  # (call, 1, 2, ...)
     self.assertLessEqual(max(np.abs(d).max() for d in deltas), 0.2 + 1e-6)
     self.assertGreater(np.abs(deltas[0][:, 0] - deltas[1][:, 0]).min(), 0.0)
+
+
+class TrainingLoopTest(tf.test.TestCase):
+  """`training.train` under MultiWorkerMirroredStrategy: its custom loop."""
+
+  def test_two_workers_train_checkpoint_and_resume(self):
+    finish(RUNS["training_loop"])
+    reports = read_reports(LOOP_PATHS)
+    for index, report in enumerate(reports):
+      self.assertEqual(report["task"], {"type": "worker", "index": index})
+      self.assertEqual(report["straight_epochs"], [0, 1])
+      self.assertTrue(np.all(np.isfinite(report["straight_loss"])))
+      # The rerun restored epoch 1 and trained epoch 2 only: 2 epochs of 2
+      # steps in all, and the very weights of the uninterrupted run.
+      self.assertEqual(report["resumed_epochs"], [1])
+      self.assertEqual(report["resumed_iterations"], 4)
+      self.assertAllEqual(report["resumed_kernel"], report["straight_kernel"])
+      self.assertTrue(report["f_b_unchanged"])
+      self.assertTrue(report["pgd_f_b_changed"])
+    # Gradients are all-reduced: both workers end with the same weights.
+    for key in ("straight_kernel", "pgd_f_b_kernel", "straight_loss"):
+      self.assertAllEqual(reports[0][key], reports[1][key])
+    # The chief alone wrote the .keras files; each worker kept its backups.
+    self.assertCountEqual(
+        [name for name in os.listdir(LOOP_DIR) if name.endswith(".keras")],
+        ["defended.keras", "f_b.keras"])
+    for backup in ("resumed_backup", "resumed_backup_worker1"):
+      latest = tf.train.latest_checkpoint(os.path.join(LOOP_DIR, backup))
+      self.assertEqual(os.path.basename(latest), "ckpt-2")
 
 
 if __name__ == "__main__":

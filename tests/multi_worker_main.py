@@ -10,6 +10,10 @@ Usage:
   python multi_worker_main.py multi_worker OUT_JSON
       One worker of a MultiWorkerMirroredStrategy; `TF_CONFIG` (in the
       environment) names the cluster and this worker's index.
+  python multi_worker_main.py training_loop OUT_JSON
+      One worker running `adv_layer.training.train` (its custom loop under
+      MultiWorkerMirroredStrategy): one epoch, a rerun to two epochs from the
+      backup, an uninterrupted two-epoch run, and PGD training of f_b.
 """
 
 import json
@@ -23,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 import adv_layer
+from adv_layer import training
 
 SHAPE = (4, 4, 1)
 CLASSES = 3
@@ -171,9 +176,63 @@ def run_multi_worker():
   return report
 
 
+def train_defended(strategy, epochs, checkpoint_dir, output=None):
+  """`training.train` of a fresh f_a(g(x)) for `epochs` with backups.
+
+  Returns:
+    The model, its f_b and the `History`.
+  """
+  x, y = tiny_data()
+  with strategy.scope():
+    f_b = tiny_f_b()
+    f_a = keras.Sequential([keras.Input(SHAPE), keras.layers.Flatten(),
+                            keras.layers.Dense(CLASSES)])
+    model = training.defended_model(f_b, f_a, epsilon=0.2, steps=3, seed=5)
+    history = training.train(
+        model, tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH), epochs,
+        learning_rate=0.1, checkpoint_dir=training.per_worker_path(
+            checkpoint_dir, strategy), output=output, verbose=1)
+  return model, f_b, history
+
+
+def run_training_loop(out_path):
+  """Runs `training.train` and `pretrain_fb` on one worker of a cluster."""
+  strategy = tf.distribute.MultiWorkerMirroredStrategy()
+  folder = os.path.dirname(out_path)
+  resumed_dir = os.path.join(folder, "resumed_backup")
+  train_defended(strategy, 1, resumed_dir)  # As if killed after epoch 1.
+  resumed, f_b, resumed_history = train_defended(strategy, 2, resumed_dir)
+  straight, _, straight_history = train_defended(
+      strategy, 2, os.path.join(folder, "straight_backup"),
+      output=os.path.join(folder, "defended.keras"))
+  x, y = tiny_data()
+  with strategy.scope():
+    pgd_f_b = tiny_f_b()
+    pgd_before = pgd_f_b.layers[-1].kernel.numpy()
+    training.pretrain_fb(
+        pgd_f_b, tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH), 1,
+        adversarial=True, steps=1, seed=3, learning_rate=0.1, verbose=0,
+        output=os.path.join(folder, "f_b.keras"))
+  return {
+      "task": json.loads(os.environ["TF_CONFIG"])["task"],
+      "resumed_epochs": resumed_history.epoch,
+      "resumed_iterations": int(resumed.optimizer.iterations.numpy()),
+      "straight_epochs": straight_history.epoch,
+      "straight_loss": straight_history.history["loss"],
+      "resumed_kernel": resumed.layers[-1].layers[-1].kernel.numpy().tolist(),
+      "straight_kernel": straight.layers[-1].layers[-1].kernel.numpy().tolist(),
+      "f_b_unchanged": all(np.array_equal(a.numpy(), b.numpy()) for a, b in
+                           zip(f_b.weights, tiny_f_b().weights)),
+      "pgd_f_b_changed": bool(np.any(pgd_f_b.layers[-1].kernel.numpy()
+                                     != pgd_before)),
+      "pgd_f_b_kernel": pgd_f_b.layers[-1].kernel.numpy().tolist(),
+  }
+
+
 def main(argv):
   mode, out_path = argv[1], argv[2]
-  runners = {"mirrored": run_mirrored, "multi_worker": run_multi_worker}
+  runners = {"mirrored": run_mirrored, "multi_worker": run_multi_worker,
+             "training_loop": lambda: run_training_loop(out_path)}
   if mode not in runners:
     raise ValueError(f"`mode` must be one of {sorted(runners)}. Received: mode={mode!r}")
   report = runners[mode]()
