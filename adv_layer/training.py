@@ -552,6 +552,12 @@ def save_from_chief(model, path, strategy):
     save_model(model, os.path.join(folder, os.path.basename(str(path))))
 
 
+def images_only(images, labels):
+  """Drops the labels of an `(images, labels)` element."""
+  del labels
+  return images
+
+
 def accuracy(model, data, verbose=0):
   """Top-1 accuracy of `model` (logits out) on `(images, labels)` batches.
 
@@ -568,6 +574,6 @@ def accuracy(model, data, verbose=0):
     logits_of = tf.function(lambda images: model(images, training=False))
     logits = np.concatenate([logits_of(x).numpy() for x, _ in data])
   else:
-    logits = model.predict(data.map(lambda x, y: x), verbose=verbose)
+    logits = model.predict(data.map(images_only), verbose=verbose)
   labels = np.concatenate([y.numpy() for _, y in data])
   return float(np.mean(np.argmax(logits, axis=-1) == labels))

@@ -15,8 +15,13 @@ Example:
       --report=runs/demo/report/report.json --out=runs/demo/toolbox.json
 """
 
-import json
 import os
+
+# oneDNN kernels roughly double conv speed on this project's CPUs (AVX2, no
+# AVX-512), where TensorFlow leaves them off by default; set before TF loads.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
+import json
 
 from absl import app
 from absl import flags

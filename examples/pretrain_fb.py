@@ -14,6 +14,11 @@ unset takes the preset's value.
 """
 
 import os
+
+# oneDNN kernels roughly double conv speed on this project's CPUs (AVX2, no
+# AVX-512), where TensorFlow leaves them off by default; set before TF loads.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
 import time
 
 from absl import app
