@@ -242,6 +242,9 @@ def format_flags(flags):
 def reference_attack(suite_result, field=None):
   """The strongest white-box run of a suite (None if it ran none).
 
+  Ties (same strict and mean accuracy) go to the cheapest run in seconds, so
+  the sanity reruns do not repeat an expensive attack for nothing.
+
   Args:
     suite_result: a `suite.SuiteResult`.
     field: only consider attacks whose budget has this field (e.g.
@@ -253,7 +256,8 @@ def reference_attack(suite_result, field=None):
   white = [r for r in suite_result.results if r.kind == suite.WHITE_BOX and
            (field is None or field in r.budget)]
   return min(white, key=lambda r: (r.score.strict_accuracy,
-                                   r.score.mean_accuracy), default=None)
+                                   r.score.mean_accuracy, r.elapsed_s),
+             default=None)
 
 
 def epsilon_sweep(target, reference, x, y, suite_result,

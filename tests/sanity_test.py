@@ -1,11 +1,15 @@
 """Tests of attacks.sanity: each check trips on a made case, quiet on a clean one."""
 
+import dataclasses
+import types
+
 import keras
 import numpy as np
 import tensorflow as tf
 
 import adv_layer
 from attacks import sanity
+from attacks import scoring
 from attacks import suite
 from tests import attack_properties
 
@@ -186,3 +190,23 @@ class DefendedChecksTest(tf.test.TestCase):
 
 if __name__ == "__main__":
   tf.test.main()
+
+
+class ReferenceAttackTest(tf.test.TestCase):
+
+  def result(self, name, strict, mean, seconds, kind=suite.WHITE_BOX):
+    score = scoring.score_labels(np.zeros((1, 1), np.int32),
+                                        np.zeros(1, np.int32))
+    score = dataclasses.replace(score, strict_accuracy=strict,
+                                mean_accuracy=mean)
+    return suite.AttackResult(name=name, kind=kind, description="", budget={},
+                              score=score, elapsed_s=seconds, f_b_passes=0,
+                              model_passes=0)
+
+  def test_strongest_then_cheapest_white_box_run(self):
+    results = [self.result("slow", 0.2, 0.3, 90.0),
+               self.result("fast", 0.2, 0.3, 10.0),
+               self.result("weak", 0.5, 0.5, 1.0),
+               self.result("query", 0.0, 0.0, 1.0, kind=suite.QUERY)]
+    fake = types.SimpleNamespace(results=results)
+    self.assertEqual(sanity.reference_attack(fake).name, "fast")
