@@ -1190,8 +1190,9 @@ def summary_markdown(out, relative_to):
     if isinstance(PAPER[name], str):
       lines += [f"Paper: {PAPER[name]}", ""]
     lines += [header(result), ""] + render(result) + [""]
-    for plot in result["plots"]:
-      lines.append(f"![{name}]({os.path.relpath(plot, relative_to)})")
+    for plot in result["plots"]:  # Found beside results.json, wherever moved.
+      local = os.path.join(out, name, os.path.basename(plot))
+      lines.append(f"![{name}]({os.path.relpath(local, relative_to)})")
     lines += ["", f"Command: `python -m examples.reproduce --experiment={name} "
               f"--preset={result['preset']} --seed={result['seed']} "
               f"--out={out}`", ""]
