@@ -44,7 +44,7 @@ from adv_layer.layer import find_transforms
 __all__ = [
     "ESTIMATORS", "SIGN_SURROGATES", "DefendedModelFn", "bpda_transform",
     "defended_model_fn", "estimator_fn", "reseed", "surrogate_project",
-    "surrogate_sign", "transform_layers", "use_estimator"
+    "substitute_transform", "surrogate_sign", "transform_layers", "use_estimator"
 ]
 
 ESTIMATORS = ("bpda", "bpda_identity", "unrolled", "exact")
@@ -248,12 +248,33 @@ def use_estimator(model, estimator="bpda", sign_surrogate="softsign",
     >>> with use_estimator(model, "bpda_identity"):
     ...   grad = tape.gradient(loss(model(x)), x)
   """
-  layers = transform_layers(model)
   hook = estimator_fn(estimator, sign_surrogate, temperature, steps, seed)
+  with substitute_transform(model, hook) as layers:
+    yield layers
+
+
+@contextlib.contextmanager
+def substitute_transform(model, replacement):
+  """Runs `replacement` in place of g in every `AdversarialTransform` of `model`.
+
+  Sets each layer's `gradient_estimator` hook; on exit, also when the body
+  raises, each layer gets back the hook it had, so contexts nest.
+
+  Args:
+    model: a Keras model (or an `AdversarialTransform` itself).
+    replacement: `(layer, x) -> images`, used instead of g.
+
+  Yields:
+    The transforms found.
+
+  Raises:
+    ValueError: if `model` holds no `AdversarialTransform`.
+  """
+  layers = transform_layers(model)
   previous = [layer.gradient_estimator for layer in layers]
   try:
     for layer in layers:
-      layer.gradient_estimator = hook
+      layer.gradient_estimator = replacement
     yield layers
   finally:
     for layer, old in zip(layers, previous):

@@ -12,45 +12,14 @@ whatever the model does before or after the transform is kept;
 `substituted_model_fn` is also how `attacks.transfer` gets f_a alone.
 """
 
-import contextlib
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from adv_layer.layer import find_transforms
 from attacks import common
+from attacks import estimators
 from attacks import square
-
-
-@contextlib.contextmanager
-def substitute_transform(model, replacement):
-  """Replaces every `AdversarialTransform` in `model` by `replacement`.
-
-  Previous hooks are restored on exit, also when the body raises.
-
-  Args:
-    model: a Keras model containing `AdversarialTransform` layers.
-    replacement: `(layer, x) -> images`, used instead of g.
-
-  Yields:
-    The transforms found.
-
-  Raises:
-    ValueError: if `model` holds no `AdversarialTransform`.
-  """
-  layers = find_transforms(model)
-  if not layers:
-    raise ValueError("`model` contains no AdversarialTransform layer. "
-                     f"Received: model={getattr(model, 'name', model)!r}")
-  previous = [layer.gradient_estimator for layer in layers]
-  try:
-    for layer in layers:
-      layer.gradient_estimator = replacement
-    yield layers
-  finally:
-    for layer, hook in zip(layers, previous):
-      layer.gradient_estimator = hook
 
 
 def substituted_model_fn(model, replacement):
@@ -66,11 +35,11 @@ def substituted_model_fn(model, replacement):
   Raises:
     ValueError: if `model` holds no `AdversarialTransform`.
   """
-  with substitute_transform(model, replacement):
+  with estimators.substitute_transform(model, replacement):
     pass  # Raises now, not inside an attack, for a model without a transform.
 
   def model_fn(images):
-    with substitute_transform(model, replacement):
+    with estimators.substitute_transform(model, replacement):
       return tf.cast(model(images, training=False), tf.float32)
 
   return model_fn

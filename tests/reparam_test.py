@@ -5,6 +5,7 @@ import numpy as np
 import tensorflow as tf
 
 from adv_layer.layer import AdversarialTransform
+from attacks import estimators
 from attacks import reparam
 from tests import attack_properties
 
@@ -77,7 +78,7 @@ class ReparameterizationTest(tf.test.TestCase):
   def test_substitution_restores_the_previous_hook(self):
     previous = lambda layer, x: x
     self.layer.gradient_estimator = previous
-    with reparam.substitute_transform(self.model, lambda layer, x: 0 * x):
+    with estimators.substitute_transform(self.model, lambda layer, x: 0 * x):
       self.assertIsNot(self.layer.gradient_estimator, previous)
     self.assertIs(self.layer.gradient_estimator, previous)
     self.layer.gradient_estimator = None
