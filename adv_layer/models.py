@@ -67,6 +67,12 @@ def _check_common(num_classes, input_shape, seed):
     raise ValueError(f"`seed` must be an integer or None. Received: seed={seed!r}")
 
 
+def _check_integer_width(width):
+  """Raises ValueError unless `width` (a filter count) is an integer >= 1."""
+  if isinstance(width, bool) or not isinstance(width, numbers.Integral) or width < 1:
+    raise ValueError(f"`width` must be an integer >= 1. Received: width={width!r}")
+
+
 def _scaled(units, width):
   """`units * width`, rounded, at least 1."""
   return max(1, int(round(units * width)))
@@ -160,8 +166,7 @@ def resnet18(num_classes=10, input_shape=(32, 32, 3), width=64, seed=None):
     ValueError: for arguments out of their domain.
   """
   _check_common(num_classes, input_shape, seed)
-  if isinstance(width, bool) or not isinstance(width, numbers.Integral) or width < 1:
-    raise ValueError(f"`width` must be an integer >= 1. Received: width={width!r}")
+  _check_integer_width(width)
   init = _Initialisers(seed)
   inputs = keras.Input(tuple(input_shape))
   x = _conv_bn_relu(inputs, width, init)
@@ -193,8 +198,7 @@ def small_cnn(num_classes=10, input_shape=(32, 32, 3), width=32, seed=None):
     ValueError: for arguments out of their domain.
   """
   _check_common(num_classes, input_shape, seed)
-  if isinstance(width, bool) or not isinstance(width, numbers.Integral) or width < 1:
-    raise ValueError(f"`width` must be an integer >= 1. Received: width={width!r}")
+  _check_integer_width(width)
   init = _Initialisers(seed)
   inputs = keras.Input(tuple(input_shape))
   x = inputs
