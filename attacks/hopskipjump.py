@@ -83,7 +83,9 @@ def boundary_search(model_fn, x, points, y, theta, value_range):
     `(boundary, distance)`: the adversarial boundary points and their L∞
     distances to x.
   """
-  high = linf(points, x)
+  # float64: in float32, a bracket of one ulp can exceed the tolerance while
+  # its midpoint rounds back onto an end, and the search never ends.
+  high = linf(points, x).astype(np.float64)
   low = np.zeros_like(high)
   tolerance = np.minimum(high * theta, theta)
   while True:

@@ -148,6 +148,30 @@ class SpsaTest(QueryAttackChecks, tf.test.TestCase):
       spsa.spsa(self.model, self.x, self.y, delta=0)
 
 
+class BoundarySearchTest(tf.test.TestCase):
+
+  def test_ends_at_float32_resolution(self):
+    # θ = 1/3072², HopSkipJump's L∞ setting on CIFAR, and a boundary just
+    # inside the starting radius: the tolerance (0.2601 θ) is below one float32
+    # ulp there, so a float32 bisection never ends (it hung a Table 2 run).
+    calls = []
+
+    def model_fn(images):
+      calls.append(1)
+      if len(calls) > 200:
+        raise AssertionError("boundary_search did not terminate")
+      fooled = tf.reduce_max(tf.reshape(images, [len(images), -1]), 1) > 0.26005
+      return tf.stack([1.0 - tf.cast(fooled, tf.float32),
+                       tf.cast(fooled, tf.float32)], 1)
+
+    x = np.zeros((1, 8), np.float32)
+    points = np.full((1, 8), 0.2601, np.float32)
+    boundary, distance = hopskipjump.boundary_search(
+        model_fn, x, points, np.array([0]), 1.0 / 3072**2, (0.0, 1.0))
+    self.assertAllClose(distance, [0.26005], atol=1e-6)
+    self.assertLess(len(calls), 60)
+
+
 class HopSkipJumpTest(QueryAttackChecks, tf.test.TestCase):
 
   # 1 + init (100 + 10) + 6 binary searches of at most 2·log2(16) + 1 rounds,
