@@ -131,6 +131,17 @@ class AdversarialTransform(keras.layers.Layer):
     if hasattr(self, "f_b"):
       self.f_b.trainable = False
 
+  @property
+  def metrics(self):
+    """The layer's own metrics, none of f_b's.
+
+    A compiled f_b (e.g. one loaded from a `.keras` file) carries its own
+    loss tracker and compile metrics; f_b is frozen and never trained or
+    evaluated here, so they would only show up, unbuilt, among the metrics
+    of the model around this layer and make its `fit` fail.
+    """
+    return list(self._metrics)
+
   def build(self, input_shape):
     expected = (tuple(self.f_b.input_shape[1:])
                 if getattr(self.f_b, "inputs", None) else None)

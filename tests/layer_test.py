@@ -129,6 +129,23 @@ class LayerContractTest(tf.test.TestCase):
       total = tf.reduce_sum(layer(x))
     self.assertIsNone(tape.gradient(total, x))
 
+  def test_fit_and_evaluate_with_a_compiled_f_b_loaded_from_disk(self):
+    # A pretrained f_b usually comes back compiled, with unbuilt metrics;
+    # they must not become metrics of the defended model (fit used to fail
+    # with "Cannot get result() since the metric has not yet been built").
+    f_b = tiny_f_b()
+    f_b.compile(optimizer="sgd", metrics=["accuracy"],
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    path = os.path.join(self.get_temp_dir(), "f_b.keras")
+    f_b.save(path)
+    loaded = keras.saving.load_model(path)
+    self.assertTrue(loaded.compiled)
+    model = defended_model("functional", AdversarialTransform(loaded, steps=2, seed=0))
+    history = model.fit(self.x, self.y, batch_size=4, epochs=1, verbose=0)
+    self.assertEqual(set(history.history), {"loss"})
+    self.assertEqual(set(model.evaluate(self.x, self.y, verbose=0, return_dict=True)),
+                     {"loss"})
+
   def test_f_b_stays_frozen_when_outer_model_is_set_trainable(self):
     f_b = tiny_f_b()
     model = defended_model("sequential", AdversarialTransform(f_b, steps=2, seed=0))
