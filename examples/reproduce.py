@@ -704,7 +704,8 @@ def bpda_text(exp, eot=None, steps=None):
   budget = exp.settings["bpda"]
   steps = steps or budget["steps"]
   step = budget["step_size"] * budget["steps"] / steps
-  text = f"PGD eps={budget['epsilon']} {steps} steps of {step:.4g}"
+  text = (f"PGD eps={budget['epsilon']} {steps} step{'s' if steps > 1 else ''}"
+          f" of {step:.4g}")
   return text + (f", EOT {eot}" if eot else "")
 
 
@@ -1035,9 +1036,11 @@ def header(result):
 def training_line(result, kind):
   t = result["training_presets"][kind]
   examples = t["train_examples"] or "all 50,000"
+  drop = ("constant rate" if t["lr_drop_epoch"] is None
+          else f"x0.1 after epoch {t['lr_drop_epoch']}")
   return (f"{kind} models: {t['epochs']} epochs on {examples} training images, "
           f"batch {t['batch_size']}, SGD lr {t['learning_rate']} momentum "
-          f"{t['momentum']}, drop x0.1 at epoch {t['lr_drop_epoch']}")
+          f"{t['momentum']}, {drop}")
 
 
 def summary_table3(result):
