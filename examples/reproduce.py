@@ -537,6 +537,7 @@ class Experiment:
     self.partial_path = os.path.join(self.folder, "partial.json")
     self.partial = read_json(self.partial_path, {})
     self.start = time.perf_counter()
+    self.evaluation_seconds = 0.0  # Of the units used, whichever run made them.
 
   def cached(self, key, spec, fn):
     """Returns the stored result of unit `key` for `spec`, or computes it.
@@ -558,6 +559,7 @@ class Experiment:
       self.partial[full] = {"value": value,
                             "seconds": time.perf_counter() - started}
       write_json(self.partial_path, self.partial)
+    self.evaluation_seconds += self.partial[full]["seconds"]
     return self.partial[full]["value"]
 
   def clean(self, model, draws=None):
@@ -604,6 +606,7 @@ class Experiment:
         "models": self.models.used,
         "machine": report.machine_info(),
         "elapsed_s": time.perf_counter() - self.start,
+        "evaluation_s": self.evaluation_seconds,
         "paper": PAPER.get(self.name),
         "plots": list(plots),
         **body,
@@ -837,11 +840,16 @@ def run_table1(exp):
                 l, exp.x[:s["distance_images"]], s["distance_draws"], exp.seed)),
     }
   labels = list(rows)
+  paper = PAPER["table1"]
+  paper_bpda = dict(zip(paper["columns"], paper["bpda_identity"]))
   plot = exp.path("table1.png")
   plot_bars(plot, labels, {
       "clean": [rows[k]["clean"]["mean"] for k in labels],
       "BPDA-I": [rows[k]["bpda_identity"]["mean"] for k in labels],
-      "‖x − E g(x)‖∞ (x100 %)": [rows[k]["distance"]["linf"] for k in labels]},
+      "BPDA-I (paper)": [paper_bpda.get(k, float("nan")) for k in labels],
+      "‖x − E g(x)‖∞ (x100 %)": [rows[k]["distance"]["linf"] for k in labels],
+      "mean |x − E g(x)| (x100 %)": [rows[k]["distance"]["mean_abs"]
+                                     for k in labels]},
             caption(exp, "BPDA-I " + bpda_text(exp, s["bpda_i_eot"]),
                     s["num_examples_eot"]))
   return exp.write({"rows": rows, "attack": "BPDA-I " + bpda_text(
@@ -1029,8 +1037,16 @@ def header(result):
           f"{s['draws']} draws of g; f_b {main['fb_model']} width "
           f"{main['fb_width']}, f_a {main['fa_model']} width {main['fa_width']}; "
           f"machine: {machine['cpu_count']} CPUs, {machine['platform']}, TF "
-          f"{machine['tensorflow']}; run time {result['elapsed_s'] / 60:.1f} "
-          "min (models already trained are not counted).")
+          f"{machine['tensorflow']}; {run_time(result)}.")
+
+
+def run_time(result):
+  """Evaluation and training minutes of one experiment, as summary text."""
+  training_s = sum(run["seconds"] for model in result["models"].values()
+                   if isinstance(model["runs"], list) for run in model["runs"])
+  return (f"evaluation {result['evaluation_s'] / 60:.1f} min, training of its "
+          f"{len(result['models'])} models {training_s / 60:.1f} min (models "
+          "shared with other experiments counted in each)")
 
 
 def training_line(result, kind):

@@ -112,6 +112,7 @@ class EndToEndTest(tf.test.TestCase):
         self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
     # Two stored models (f_b, the defended model) with their sidecars.
     self.assertLen(result["models"], 2)
+    self.assertGreater(result["evaluation_s"], 0.0)
     stored = os.listdir(os.path.join(out, "checkpoints"))
     self.assertLen([n for n in stored if n.endswith(".keras")], 2)
     # A rerun reuses the models and the cached evaluation: same numbers.
@@ -128,6 +129,7 @@ class EndToEndTest(tf.test.TestCase):
     self.assertIn("| 1 | " + reproduce.pct(point["clean"]["mean"]), text)
     self.assertIn("![fig5](fig5/fig5.png)", text)
     self.assertIn("CIFAR-10 (JPEG copy)", text)
+    self.assertIn("training of its 2 models", text)
     self.assertIn("## Table 3: comparison on CIFAR-10\n\nNot run yet.", text)
 
   def test_table1_reruns_from_scratch_to_the_same_numbers(self):
