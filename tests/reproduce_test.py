@@ -148,6 +148,7 @@ class EndToEndTest(tf.test.TestCase):
     self.assertEqual(list(rows[0]), ["untrained", "1 epoch", "adv. trained"])
     for row in rows[0].values():
       self.assertEqual(row["clean"]["images"], 8)
+      self.assertEqual(row["fb_clean"]["draws"], 1)
       self.assertEqual(row["bpda_identity"]["images"], 4)
       self.assertBetween(row["distance"]["linf"], 0.0, 0.2 + 1e-6)
     self.assertEqual(rows[0], rows[1])
