@@ -27,7 +27,7 @@ Examples (from the repository root; `-m` puts it on the import path):
 
   python -m examples.reproduce --experiment=table3 --preset=cpu --out=runs/repro
   python -m examples.reproduce --experiment=summary --out=runs/repro \
-      --summary_path=docs/RESULTS.md
+      --summary_path=runs/repro/SUMMARY.md
 
 `--set key=json_value` overrides any entry of `SETTINGS[preset]` (e.g.
 `--set fig5_steps=[1,13]`); every setting used is written to results.json.
