@@ -527,6 +527,7 @@ class Experiment:
     self.preset = preset
     self.seed = seed
     self.settings = settings
+    self.out = out
     self.folder = os.path.join(out, name)
     os.makedirs(self.folder, exist_ok=True)
     self.models = Models(out, preset, settings, seed, data_dir, verbose)
@@ -596,6 +597,7 @@ class Experiment:
     """Writes results.json: the body plus settings, data, seed and machine."""
     result = {
         "experiment": self.name, "preset": self.preset, "seed": self.seed,
+        "out": self.out,
         "data": DATA_NAME,
         "images": {"num_examples": self.settings["num_examples"],
                    "num_examples_eot": self.settings["num_examples_eot"],
@@ -1119,7 +1121,7 @@ def summary_table1(result):
       [f"{rows[k]['distance']['linf_noise_floor']:.3f}" for k in labels])
   row("‖x − E g(x)‖∞ (paper)",
       [paper_value("linf", k, lambda v: f"{v:.3f}") for k in labels])
-  row("mean |x − E g(x)| (ours)",
+  row("mean \\|x − E g(x)\\| (ours)",
       [f"{rows[k]['distance']['mean_abs']:.4f}" for k in labels])
   distance = next(iter(rows.values()))["distance"]
   lines += ["", f"BPDA-I: {result['attack']}. E g(x) over {distance['draws']} "
@@ -1218,7 +1220,7 @@ def summary_markdown(out, relative_to):
       lines.append(f"![{name}]({os.path.relpath(local, relative_to)})")
     lines += ["", f"Command: `python -m examples.reproduce --experiment={name} "
               f"--preset={result['preset']} --seed={result['seed']} "
-              f"--out={out}`", ""]
+              f"--out={result['out']}`", ""]
   return "\n".join(lines)
 
 

@@ -130,6 +130,7 @@ class EndToEndTest(tf.test.TestCase):
     self.assertIn("![fig5](fig5/fig5.png)", text)
     self.assertIn("CIFAR-10 (JPEG copy)", text)
     self.assertIn("training of its 2 models", text)
+    self.assertIn(f"--preset=smoke --seed=0 --out={out}`", text)
     self.assertIn("## Table 3: comparison on CIFAR-10\n\nNot run yet.", text)
 
   def test_table1_reruns_from_scratch_to_the_same_numbers(self):
