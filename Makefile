@@ -13,7 +13,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 DEMO_DIR ?= runs/demo
 # A smoke-sized attack budget: six of the `adaptive` preset's ten attacks (the
 # APGD-DLR-targeted runs, 9 targets each, take most of its time), briefly.
-SMOKE_ATTACK_FLAGS ?= --attacks=pgd_restarts_bpda_identity,apgd_ce_bpda_identity,apgd_ce_bpda,cheaper_transfer_k1,whitebox_transfer,square \
+SMOKE_ATTACK_FLAGS ?= --budget=smoke --attacks=pgd_restarts_bpda_identity,apgd_ce_bpda_identity,apgd_ce_bpda,cheaper_transfer_k1,whitebox_transfer,square \
     --num_examples=20 --steps=5 --eot_samples=2 --queries=100 --draws=2 \
     --eot_curve=1,2 --noconvergence
 

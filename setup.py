@@ -1,14 +1,19 @@
 """Installs `adv_layer` (the defense) and `attacks` (its evaluation).
 
-TensorFlow flavour: on Linux x86_64 the CPU-only wheel `tensorflow-cpu` is
-required (the build CI and the CPU presets use, with no GPU kernels to
-download); on every other platform plain `tensorflow`. For a GPU machine,
-name the distribution at install time, e.g.
+TensorFlow is left to the user, as TensorFlow add-ons do: an extra names its
+flavour, or a TensorFlow installed beforehand is used as it is.
 
-    ADV_LAYER_TENSORFLOW="tensorflow[and-cuda]>=2.16" pip install -e .
+    pip install 'adv-layer[cpu]'       # CPU only: tensorflow-cpu on Linux
+                                       # x86_64, tensorflow elsewhere
+    pip install 'adv-layer[and-cuda]'  # NVIDIA GPU: tensorflow[and-cuda]
+    pip install adv-layer              # beside a TensorFlow you installed
 
-so that only one TensorFlow distribution ends up in the environment (two of
-them write the same `tensorflow/` package over each other).
+Name one flavour only: `tensorflow` and `tensorflow-cpu` are two
+distributions that write the same `tensorflow/` package over each other. The
+`test` extra brings the CPU flavour and pytest (on a GPU machine install
+`[and-cuda]` and pytest instead). `import adv_layer` raises an ImportError
+naming these commands when TensorFlow is missing or older than
+`MIN_TENSORFLOW` (adv_layer/_tf_check.py, where that minimum is defined).
 """
 
 import os
@@ -17,7 +22,27 @@ import re
 import setuptools
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-MIN_TENSORFLOW = "2.16"  # the first release whose default Keras is Keras 3.
+
+
+def read_string(relative_path, name):
+  """Returns a module's string constant `name = "..."` without importing it.
+
+  Args:
+    relative_path: the module's path relative to this file.
+    name: the constant's name.
+
+  Returns:
+    The constant's value.
+
+  Raises:
+    RuntimeError: if the file defines no such constant.
+  """
+  with open(os.path.join(HERE, relative_path), encoding="utf-8") as f:
+    match = re.search(rf'^{re.escape(name)} = "([^"]+)"', f.read(),
+                      re.MULTILINE)
+  if not match:
+    raise RuntimeError(f"{relative_path} defines no {name}")
+  return match.group(1)
 
 
 def read_version():
@@ -26,24 +51,24 @@ def read_version():
   Raises:
     RuntimeError: if the file defines no version.
   """
-  with open(os.path.join(HERE, "adv_layer", "version.py"), encoding="utf-8") as f:
-    match = re.search(r'^__version__ = "([^"]+)"', f.read(), re.MULTILINE)
-  if not match:
-    raise RuntimeError("adv_layer/version.py defines no __version__")
-  return match.group(1)
+  return read_string(os.path.join("adv_layer", "version.py"), "__version__")
 
 
-def tensorflow_requirements():
-  """The TensorFlow requirement(s): see the module docstring."""
-  override = os.environ.get("ADV_LAYER_TENSORFLOW")
-  if override:
-    return [override]
-  return [
-      f"tensorflow-cpu>={MIN_TENSORFLOW}; "
+def tensorflow_extras():
+  """The extras that install TensorFlow, one per flavour (module docstring)."""
+  minimum = read_string(os.path.join("adv_layer", "_tf_check.py"),
+                        "MIN_TENSORFLOW")
+  cpu = [
+      f"tensorflow-cpu>={minimum}; "
       'sys_platform == "linux" and platform_machine == "x86_64"',
-      f"tensorflow>={MIN_TENSORFLOW}; "
+      f"tensorflow>={minimum}; "
       'sys_platform != "linux" or platform_machine != "x86_64"',
   ]
+  return {
+      "cpu": cpu,
+      "and-cuda": [f"tensorflow[and-cuda]>={minimum}"],
+      "test": cpu + ["pytest"],
+  }
 
 
 setuptools.setup(
@@ -54,9 +79,17 @@ setuptools.setup(
                  "adaptive-attack evaluation suite."),
     packages=setuptools.find_packages(
         include=["adv_layer", "adv_layer.*", "attacks", "attacks.*"]),
+    # Pretrained models shipped with the package (the model zoo).
+    package_data={
+        "adv_layer": [
+            "zoo_models/*.keras", "zoo_models/*.json", "zoo_models/*.md"
+        ],
+    },
     python_requires=">=3.9",
-    install_requires=tensorflow_requirements() + [
+    install_requires=[
         "keras>=3",
+        "numpy",
+        "scipy",
         "tensorflow-datasets",
         "importlib_resources",  # tfds needs it to prepare data.
         "cleverhans",
@@ -64,6 +97,6 @@ setuptools.setup(
         "matplotlib",
         "tqdm",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require=tensorflow_extras(),
     license="Apache-2.0",
 )

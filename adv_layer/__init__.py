@@ -6,12 +6,17 @@ Modules:
   models     f_b / f_a builders (`small_vgg`, `resnet18`, `small_cnn`).
   data       tfds and image-folder pipelines, float images in [0, 1].
   training   f_b pretraining (standard or PGD), defended training, presets.
+
+Importing it checks first that TensorFlow (>= 2.16) is installed: install
+`adv-layer[cpu]` or `adv-layer[and-cuda]` to get one.
 """
 
+from adv_layer import _tf_check  # pylint: disable=unused-import
 from adv_layer import data
 from adv_layer import models
 from adv_layer import training
 from adv_layer.layer import AdversarialTransform
 from adv_layer.layer import find_transforms
+from adv_layer.layer import pinned_draws
 from adv_layer.transform import ll_pgd
 from adv_layer.version import __version__

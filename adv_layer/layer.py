@@ -1,9 +1,17 @@
 """`AdversarialTransform`: the defense of Xiao & Zheng (CVPR 2020) as a Keras layer."""
 
+import contextlib
+
 import keras
+import numpy as np
 import tensorflow as tf
+# The one way to tell at trace time that a graph is being compiled by XLA,
+# which drops the layer's run-time input checks.
+from tensorflow.python.ops import control_flow_util
 
 from adv_layer import transform
+
+INT32_MAX = 2**31 - 1
 
 
 def require_tensorflow_backend(owner):
@@ -20,6 +28,29 @@ def require_tensorflow_backend(owner):
     raise RuntimeError(
         f"{owner} needs the TensorFlow Keras backend (set KERAS_BACKEND=tensorflow). "
         f"Received: keras.backend.backend()={backend!r}")
+
+
+def in_xla_context():
+  """Whether the graph being built is compiled by XLA (`jit_compile=True`)."""
+  if tf.executing_eagerly():
+    return False
+  return control_flow_util.GraphOrParentsInXlaContext(
+      tf.compat.v1.get_default_graph())
+
+
+def os_entropy_seed():
+  """A stateless seed drawn from OS entropy at every run, never replayable.
+
+  A stateful random op whose two seed attributes are 0 seeds its generator
+  from the operating system when its kernel is created, whatever the global
+  seed (`tf.random.set_seed`) or the state saved in a model file.
+
+  Returns:
+    An int32 tensor of shape `(2,)`.
+  """
+  return tf.raw_ops.RandomUniformInt(
+      shape=[2], minval=tf.constant(0), maxval=tf.constant(INT32_MAX),
+      seed=0, seed2=0)
 
 
 def ends_in_softmax(model):
@@ -48,10 +79,26 @@ class AdversarialTransform(keras.layers.Layer):
   output carries no gradient path to the input; attacks build their own
   (`attacks.estimators`). The loop runs in float32 on the unrounded inputs
   whatever the layer's dtype policy (no autocast); the output is cast to the
-  layer's compute dtype. Inputs outside `value_range` raise at run time,
-  except inside XLA-compiled functions (`jit_compile=True`), where TensorFlow
-  drops assertions. Under `tf.distribute`, each replica draws its own random
-  start.
+  layer's compute dtype. Called eagerly, the loop runs as a compiled
+  `tf.function` (see `adv_layer.ll_pgd`). Under `tf.distribute`, each
+  replica draws its own random start.
+
+  Randomness: g is a random defense and its claim assumes the attacker
+  cannot predict the random start. `seed` makes *training* reproducible
+  (calls with `training=True` draw from it). Inference calls (`predict`,
+  `training=False` or None, an exported SavedModel, a reloaded `.keras`
+  file) fold fresh OS entropy into every draw, so no file or seed replays
+  them, unless the draws are pinned: `pin_seed=True` at construction, or
+  `pin_draws()` for a while (evaluations pin and reseed, see
+  `attacks.scoring.reseeded`). The integer `seed` is kept in the config (a
+  resumed training run continues its sequence); it does not replay inference.
+
+  Input checks: integer images raise at once; inputs outside `value_range`
+  or not finite raise at run time (`tf.errors.InvalidArgumentError`). XLA
+  drops run-time assertions, so the layer opts out of XLA
+  (`supports_jit = False`: Keras then compiles `fit`/`predict` without XLA,
+  also for `jit_compile=True`), and tracing it inside a user's own
+  `tf.function(jit_compile=True)` raises a `ValueError`.
 
   Args:
     f_b: a built Keras model mapping images to logits (not probabilities).
@@ -61,7 +108,14 @@ class AdversarialTransform(keras.layers.Layer):
     target: `"least_likely"` (paper), `"untargeted"` or `"random"`.
     random_start: start from x + U[-Δ, Δ] noise (paper) or from x.
     value_range: `(low, high)` of valid pixel values.
-    seed: integer seed of the random start; None draws one.
+    seed: integer seed of the random starts of training calls (and of
+      inference calls while pinned); None draws one.
+    pin_seed: pin inference draws to the seed's sequence, also in saved and
+      exported copies (reproducible, and so replayable by an attacker who
+      reads the seed). Default False: inference draws fold in OS entropy.
+    clip_to_range: keep every iterate of g in `value_range` (default). False
+      projects onto the Δ-ball only, as eq. (3) and the authors' code do, so
+      the output may leave `value_range` by up to Δ (docs/FIDELITY.md).
     **kwargs: base layer arguments (`name`, `dtype`, ...).
 
   Input shape:
@@ -93,6 +147,8 @@ class AdversarialTransform(keras.layers.Layer):
                random_start=True,
                value_range=(0.0, 1.0),
                seed=None,
+               pin_seed=False,
+               clip_to_range=True,
                **kwargs):
     require_tensorflow_backend("AdversarialTransform")
     # No autocast: under a mixed policy the loop must see the float32 images,
@@ -115,7 +171,16 @@ class AdversarialTransform(keras.layers.Layer):
     self.random_start = bool(random_start)
     self.value_range = (float(value_range[0]), float(value_range[1]))
     self.seed = seed
+    self.pin_seed = bool(pin_seed)
+    self.clip_to_range = bool(clip_to_range)
     self.seed_generator = keras.random.SeedGenerator(seed)
+    # 1 while inference draws follow `seed_generator` alone (pinned), 0 while
+    # they fold in OS entropy; a variable, so compiled functions see changes.
+    self.pinned = self.add_weight(
+        shape=(), dtype="int32", trainable=False, name="pinned",
+        initializer=keras.initializers.Constant(int(self.pin_seed)))
+    # XLA drops the run-time input checks: Keras compiles without it.
+    self.supports_jit = False
     # Set by `attacks.estimators.use_estimator` while an attack runs: a
     # callable (layer, x) -> g(x) with a differentiable backward pass.
     self.gradient_estimator = None
@@ -142,6 +207,22 @@ class AdversarialTransform(keras.layers.Layer):
     """
     return list(self._metrics)
 
+  @property
+  def draws_pinned(self):
+    """Whether inference draws follow the seed generator alone (replayable)."""
+    return bool(int(self.pinned.numpy()))
+
+  def pin_draws(self, pinned=True):
+    """Pins (or unpins) inference draws to the seed generator's sequence.
+
+    Evaluations pin the draws and reseed the generator so that a seeded
+    evaluation repeats; `attacks.scoring.reseeded` does both and restores.
+
+    Args:
+      pinned: True to pin, False to fold OS entropy in again.
+    """
+    self.pinned.assign(int(bool(pinned)))
+
   def build(self, input_shape):
     expected = (tuple(self.f_b.input_shape[1:])
                 if getattr(self.f_b, "inputs", None) else None)
@@ -167,24 +248,54 @@ class AdversarialTransform(keras.layers.Layer):
           "AdversarialTransform expects float images with values in "
           f"{self.value_range}; convert integer images first (e.g. x / 255). "
           f"Received: inputs.dtype={dtype.name}")
+    if in_xla_context():
+      raise ValueError(
+          "AdversarialTransform cannot run inside an XLA-compiled function "
+          "(jit_compile=True): XLA drops its run-time input checks, so "
+          "out-of-range or non-finite images would be silently transformed. "
+          "Call it from a function compiled without XLA (Keras' fit and "
+          "predict do so for this layer). Received: jit_compile=True")
     x = tf.cast(inputs, tf.float32)
     low, high = self.value_range
+    finite = tf.reduce_all(tf.math.is_finite(x))
     x_min, x_max = tf.reduce_min(x), tf.reduce_max(x)
     check = tf.debugging.Assert(
-        tf.logical_and(x_min >= low, x_max <= high),
-        [f"AdversarialTransform inputs must lie in value_range={self.value_range}. "
-         "Received: inputs min, max =", x_min, x_max])
+        tf.logical_and(finite, tf.logical_and(x_min >= low, x_max <= high)),
+        [f"AdversarialTransform inputs must be finite and lie in value_range="
+         f"{self.value_range}. Received: inputs all finite, min, max =",
+         finite, x_min, x_max])
     with tf.control_dependencies([check]):
       return tf.identity(x)
 
   def call(self, inputs, training=None):
-    """Returns g(inputs); `training` is ignored (the transform always runs)."""
-    del training  # The defense runs in training and in inference alike.
+    """Returns g(inputs), in training and inference alike.
+
+    `training` only chooses where the random start comes from (see the class
+    docstring); the transform always runs.
+    """
     x = self._checked_inputs(inputs)
     if self.gradient_estimator is not None:
       return tf.cast(self.gradient_estimator(self, x), self.compute_dtype)
-    outputs = self.transform(x)
+    outputs = self.transform(x, seed=self.draw_seed(training))
     return tf.stop_gradient(tf.cast(outputs, self.compute_dtype))
+
+  def draw_seed(self, training=None):
+    """The stateless seed of one call's draws (advances the generator).
+
+    Args:
+      training: True for a training call (the seeded sequence); otherwise
+        OS entropy is folded in unless the draws are pinned.
+
+    Returns:
+      An int32 tensor of shape `(2,)`.
+    """
+    seed = transform.stateless_seed(self.seed_generator)
+    if training:
+      return seed
+    return tf.cond(
+        self.pinned > 0, lambda: seed,
+        lambda: tf.random.experimental.stateless_fold_in(
+            seed, os_entropy_seed()[0]))
 
   def transform(self, x, **overrides):
     """Runs g on float32 images with this layer's settings.
@@ -204,6 +315,7 @@ class AdversarialTransform(keras.layers.Layer):
         target=self.target,
         random_start=self.random_start,
         value_range=self.value_range,
+        clip_to_range=self.clip_to_range,
         seed=self.seed_generator)
     kwargs.update(overrides)
     return transform.ll_pgd(self.f_b, x, **kwargs)
@@ -219,6 +331,8 @@ class AdversarialTransform(keras.layers.Layer):
         "random_start": self.random_start,
         "value_range": list(self.value_range),
         "seed": self.seed,
+        "pin_seed": self.pin_seed,
+        "clip_to_range": self.clip_to_range,
     })
     return config
 
@@ -228,6 +342,43 @@ class AdversarialTransform(keras.layers.Layer):
     config["f_b"] = keras.saving.deserialize_keras_object(config["f_b"])
     config["value_range"] = tuple(config["value_range"])
     return cls(**config)
+
+
+@contextlib.contextmanager
+def pinned_draws(model, seed):
+  """Pins every `AdversarialTransform` in `model` to draws derived from `seed`.
+
+  Inference draws fold in OS entropy unless pinned; inside this context they
+  are pinned and follow each layer's seed generator, set to a state derived
+  from `seed` (layer i of `find_transforms` gets the i-th of `seeds` drawn
+  from a generator seeded with `seed`). States and pins are restored on
+  exit, so a seeded evaluation shifts no later draws.
+
+  Args:
+    model: a Keras model (other objects are left alone), or None.
+    seed: an integer; None leaves the layers untouched.
+
+  Yields:
+    None.
+  """
+  layers = find_transforms(model) if isinstance(model, keras.Model) else []
+  if seed is None or not layers:
+    yield
+    return
+  saved = [(layer.seed_generator.state.numpy(), layer.draws_pinned)
+           for layer in layers]
+  generator = tf.random.Generator.from_seed(seed)
+  layer_seeds = generator.uniform_full_int([len(layers)], dtype=tf.int32).numpy()
+  for layer, layer_seed in zip(layers, layer_seeds):
+    state = layer.seed_generator.state
+    state.assign(np.array([layer_seed, 0]).astype(state.dtype))
+    layer.pin_draws(True)
+  try:
+    yield
+  finally:
+    for layer, (state, pinned) in zip(layers, saved):
+      layer.seed_generator.state.assign(state)
+      layer.pin_draws(pinned)
 
 
 def find_transforms(model):

@@ -10,6 +10,19 @@ value range, and y_LL = argmin f_b(x) is f_b's least-likely class for the
 clean input. The layer (`adv_layer.layer`) calls it, and the attacks reuse it
 with the two non-differentiable operators (`sign_fn`, `project_fn`) swapped for
 smooth surrogates, so the defense and its attacks cannot drift apart.
+`adv_layer.training.AdversarialTrainer` runs the same loop to make Madry PGD
+examples (ascend the loss of given `labels`).
+
+Called eagerly with the exact operators, `ll_pgd` runs its loop as one
+compiled `tf.function` (traced once per f_b, settings and image rank; the
+batch size is relaxed), as fast as a call inside the user's own function.
+Calls with surrogate operators, or on an f_b whose `call` was replaced on
+the instance, run as written (eagerly or in the caller's graph), since each
+would need a trace of its own.
+
+Non-finite gradients: where f_b's input gradient is NaN or ±inf, that entry
+is treated as 0 (no step on that pixel in that iteration), so one bad pixel
+cannot poison g(x) through `sign(NaN) = NaN`.
 """
 
 import numbers
@@ -63,12 +76,15 @@ def project(x_adv, x, epsilon, value_range):
     x_adv: candidate images.
     x: centre images, same shape.
     epsilon: L∞ radius.
-    value_range: `(low, high)`.
+    value_range: `(low, high)`, or None to project onto the ball only (eq. 3
+      as written; the authors' code never clips to [0, 1]).
 
   Returns:
     The projected images.
   """
   x_adv = tf.clip_by_value(x_adv, x - epsilon, x + epsilon)
+  if value_range is None:
+    return x_adv
   return tf.clip_by_value(x_adv, value_range[0], value_range[1])
 
 
@@ -81,14 +97,17 @@ def stateless_seed(seed):
   a strategy the seed is the one `keras.random` would use, so draws match it.
 
   Args:
-    seed: an integer (the same seed every time) or a
-      `keras.random.SeedGenerator` (advanced by one per call).
+    seed: an integer (the same seed every time), a
+      `keras.random.SeedGenerator` (advanced by one per call) or an integer
+      tensor of shape `(2,)` (a stateless seed, used as it is).
 
   Returns:
     An int32 tensor of shape `(2,)` for `tf.random.stateless_*` ops.
   """
   if isinstance(seed, keras.random.SeedGenerator):
     drawn = seed.next()
+  elif tf.is_tensor(seed):
+    drawn = seed
   else:
     drawn = tf.constant([seed, 0], tf.int64)
   # Same int64 -> int32 reduction as keras.random (XLA wants int32 seeds).
@@ -108,8 +127,9 @@ def uniform_noise(shape, epsilon, seed=None):
     shape: shape of δ.
     epsilon: half-width of the interval.
     seed: None (a fresh draw on every run), an integer (the same draw every
-      time), or a `keras.random.SeedGenerator` (a new, reproducible draw per
-      call, distinct on each `tf.distribute` replica).
+      time), a `keras.random.SeedGenerator` (a new, reproducible draw per
+      call, distinct on each `tf.distribute` replica) or a stateless seed
+      tensor of shape `(2,)`.
 
   Returns:
     A float32 tensor of the given shape.
@@ -155,7 +175,8 @@ def logits_float32(f_b, x):
 def input_gradient(f_b, x_adv, labels):
   """∇_x Σ_i ℓ(f_b(x_i), labels_i) with ℓ the softmax cross-entropy.
 
-  Only the input is watched: no gradient reaches f_b's weights.
+  Only the input is watched: no gradient reaches f_b's weights. Non-finite
+  entries (NaN, ±inf) of the gradient are set to 0 (see the module docstring).
 
   Args:
     f_b: the frozen model (logits out).
@@ -163,14 +184,15 @@ def input_gradient(f_b, x_adv, labels):
     labels: int32 labels.
 
   Returns:
-    The gradient, same shape as `x_adv`.
+    The gradient, same shape as `x_adv`, every entry finite.
   """
   with tf.GradientTape() as tape:
     tape.watch(x_adv)
     loss = tf.reduce_sum(
         tf.nn.sparse_softmax_cross_entropy_with_logits(
             labels=labels, logits=logits_float32(f_b, x_adv)))
-  return tape.gradient(loss, x_adv)
+  grad = tape.gradient(loss, x_adv)
+  return tf.where(tf.math.is_finite(grad), grad, tf.zeros_like(grad))
 
 
 def ll_pgd(f_b,
@@ -184,7 +206,9 @@ def ll_pgd(f_b,
            seed=None,
            noise=None,
            sign_fn=tf.sign,
-           project_fn=project):
+           project_fn=project,
+           clip_to_range=True,
+           labels=None):
   """Runs the adversarial transformation g(x) (paper eqs. (2)-(3)).
 
   Args:
@@ -199,14 +223,22 @@ def ll_pgd(f_b,
       than the predicted one).
     random_start: start at x + δ, δ ~ U[-Δ, Δ]; False starts at x.
     value_range: `(low, high)` of valid pixel values; every iterate stays in it.
-    seed: seed of the random start and of the `"random"` target (see
-      `uniform_noise`).
+    seed: seed of the random start and of the `"random"` target: None, an
+      integer, a `keras.random.SeedGenerator` or a stateless seed tensor of
+      shape `(2,)` (see `uniform_noise`).
     noise: optional explicit δ, same shape as `x`; overrides the random draw
       (used by attacks that must replay one draw). Ignored when
       `random_start=False`.
     sign_fn: the sign operator; attacks pass a smooth surrogate.
     project_fn: `(x_adv, x, epsilon, value_range) -> x_adv`, the projection
       Π; attacks pass one with a surrogate derivative.
+    clip_to_range: keep every iterate in `value_range` (default). False
+      projects onto the Δ-ball only, as eq. (3) and the authors' code do: the
+      output may then leave `value_range` by up to Δ (`project_fn` receives
+      `value_range=None`).
+    labels: optional int labels, shape `(batch,)`: ascend their loss (Madry
+      PGD on true labels, `AdversarialTrainer`) instead of choosing labels by
+      `target`; `target` must then be `"untargeted"`.
 
   Returns:
     g(x) as a float32 tensor of the shape of `x`.
@@ -219,16 +251,54 @@ def ll_pgd(f_b,
   """
   step_size = validate_transform_args(epsilon, steps, step_size, target,
                                       value_range)
+  if labels is not None and target != "untargeted":
+    raise ValueError("Explicit `labels` are ascended (untargeted PGD); pass "
+                     f"target='untargeted'. Received: target={target!r}")
+  settings = dict(epsilon=float(epsilon), steps=int(steps),
+                  step_size=step_size, target=target,
+                  random_start=bool(random_start),
+                  value_range=(tuple(float(v) for v in value_range)
+                               if clip_to_range else None))
+  exact = sign_fn is tf.sign and project_fn is project
+  # An f_b whose `call` was replaced on the instance (e.g. wrapped by the
+  # suite's pass counter) runs uncompiled: a cached trace would keep using
+  # whichever call it was traced with.
+  if exact and not tf.inside_function() and "call" not in vars(f_b):
+    return _compiled_loop(f_b, tf.cast(x, tf.float32), seed, noise, labels,
+                          **settings)
+  return _loop(f_b, x, seed, noise, labels, sign_fn=sign_fn,
+               project_fn=project_fn, **settings)
+
+
+def _loop(f_b, x, seed, noise, labels, epsilon, steps, step_size, target,
+          random_start, value_range, sign_fn=tf.sign, project_fn=project):
+  """The LL-PGD loop of `ll_pgd` on validated settings.
+
+  `value_range` is None when iterates are not clipped to the range.
+  """
   x = tf.cast(x, tf.float32)
-  labels, direction = target_labels(logits_float32(f_b, x), target, seed)
+  noise_seed = target_seed = seed
+  if tf.is_tensor(seed):  # One stateless seed: split it for the two draws.
+    noise_seed, target_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, 2))
+  if labels is None:
+    labels, direction = target_labels(logits_float32(f_b, x), target,
+                                      target_seed)
+  else:
+    labels, direction = tf.reshape(tf.cast(labels, tf.int32), [-1]), 1.0
   if not random_start:
     x_adv = x
   else:
     if noise is None:
-      noise = uniform_noise(tf.shape(x), epsilon, seed)
+      noise = uniform_noise(tf.shape(x), epsilon, noise_seed)
     x_adv = project_fn(x + tf.cast(noise, tf.float32), x, epsilon, value_range)
   for _ in range(steps):
     grad = input_gradient(f_b, x_adv, labels)
     x_adv = project_fn(x_adv + direction * step_size * sign_fn(grad), x,
                        epsilon, value_range)
   return x_adv
+
+
+# One trace per (f_b, seed object, settings, noise/labels given or not, image
+# rank); `reduce_retracing` relaxes the batch size after the second shape.
+_compiled_loop = tf.function(_loop, reduce_retracing=True)

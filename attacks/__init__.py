@@ -12,3 +12,5 @@ Modules:
   sanity       the checks printed with every report.
   report       report.json, report.md and plots.
 """
+
+from adv_layer import _tf_check  # pylint: disable=unused-import

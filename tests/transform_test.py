@@ -40,18 +40,28 @@ G_X = np.array([[0.5, 0.75], [0.0, 0.25], [0.625, 1.0]], np.float32)
 # 0.25) three times. c + (0, 0) starts at c: the result is G_X[2].
 NOISE = np.array([[0.25, -0.125], [-0.25, 0.25], [0.0, 0.0]], np.float32)
 G_X_NOISE = np.array([[0.625, 0.75], [0.0, 0.25], [0.625, 1.0]], np.float32)
-# With the two-class f_b of columns c0, c1 (W3[:, :2]) the least-likely class
-# of a, b and c is 1 and the predicted class 0, so every target mode steers the
-# same way: "least_likely" and "random" (the only other class is 1) descend
-# ∇ CE(z, 1) = p0 (3, −2), and "untargeted" ascends ∇ CE(z, 0) = p1 (−3, 2).
-# All three give G_X.
 EXACT = dict(epsilon=0.25, step_size=0.125, steps=3, value_range=(0.0, 1.0))
+# Three pixels, three classes, z = x (identity f_b). ∇x CE(z, t) = p − e_t has
+# sign +1 everywhere but −1 at t, whatever p. Image u = (0.5, 0.375, 0.25):
+# predicted class 0, least likely 2. With Δ = 0.5, ε = 0.125 and no clipping
+# before step 4, every step moves each pixel by ε:
+#   least_likely (descend CE(z, 2)): (−, −, +) per step,
+#   untargeted   (ascend CE(z, 0)):  (−, +, +) per step,
+#   random, target 1 (descend):      (−, +, −); target 2 is the LL path.
+# After N = 3 steps: LL (0.125, 0.0, 0.625); untargeted (0.125, 0.75, 0.625);
+# random to 1 (0.125, 0.75, 0.0). N = 2 and N = 4 end elsewhere: LL
+# (0.25, 0.125, 0.5) and (0.0, 0.0 by the range, 0.75).
+U = np.array([[0.5, 0.375, 0.25]], np.float32)
+IDENTITY = dict(epsilon=0.5, step_size=0.125, value_range=(0.0, 1.0))
+G_U = {"least_likely": [[0.125, 0.0, 0.625]],
+       "untargeted": [[0.125, 0.75, 0.625]],
+       1: [[0.125, 0.75, 0.0]], 2: [[0.125, 0.0, 0.625]]}
 
 
 def linear_f_b(weights):
-  """A bias-free Dense f_b on two-pixel images with the given weights."""
+  """A bias-free Dense f_b on flat images with the given weights."""
   f_b = keras.Sequential([
-      keras.Input((2,)),
+      keras.Input((weights.shape[0],)),
       keras.layers.Dense(weights.shape[1], use_bias=False),
   ])
   f_b.layers[0].kernel.assign(weights)
@@ -98,13 +108,72 @@ class ExactTinyCaseTest(tf.test.TestCase, parameterized.TestCase):
     self.assertAllEqual(run(tf.constant(X), tf.constant(NOISE)), G_X_NOISE)
 
   @parameterized.product(target=transform.TARGETS, in_function=(False, True))
-  def test_every_target_on_two_classes(self, target, in_function):
-    f_b = linear_f_b(W3[:, :2])
-    run = lambda x: transform.ll_pgd(
-        f_b, x, target=target, random_start=False, seed=0, **EXACT)
+  def test_every_target_on_three_classes(self, target, in_function):
+    f_b = linear_f_b(np.eye(3, dtype=np.float32))
+    seed = tf.constant([7, 0])
+    run = lambda x: transform.ll_pgd(f_b, x, target=target, steps=3,
+                                     random_start=False, seed=seed, **IDENTITY)
     if in_function:
       run = tf.function(run)
-    self.assertAllEqual(run(tf.constant(X)), G_X)
+    expected = G_U.get(target)
+    if target == "random":  # The class drawn from the seed, then its path.
+      _, target_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+      drawn = int(transform.target_labels(f_b(U), "random", target_seed)[0][0])
+      expected = G_U[drawn]
+    self.assertAllEqual(run(tf.constant(U)), expected)
+
+  def test_each_step_counts(self):
+    f_b = linear_f_b(np.eye(3, dtype=np.float32))
+    ends = [transform.ll_pgd(f_b, U, steps=n, random_start=False,
+                             **IDENTITY).numpy() for n in (2, 3, 4)]
+    self.assertAllEqual(ends, [[[0.25, 0.125, 0.5]], G_U["least_likely"],
+                               [[0.0, 0.0, 0.75]]])
+
+  @parameterized.named_parameters(("eager", False), ("tf_function", True))
+  def test_explicit_labels_are_ascended(self, in_function):
+    # Madry PGD on given labels (AdversarialTrainer): ascend CE(z, 1) moves
+    # by (+, −, +) per step: (0.875, 0.0, 0.625) after 3 steps.
+    f_b = linear_f_b(np.eye(3, dtype=np.float32))
+    run = lambda x: transform.ll_pgd(f_b, x, steps=3, random_start=False,
+                                     target="untargeted", labels=[1], **IDENTITY)
+    if in_function:
+      run = tf.function(run)
+    self.assertAllEqual(run(tf.constant(U)), [[0.875, 0.0, 0.625]])
+    with self.assertRaisesRegex(ValueError, "Received: target='least_likely'"):
+      transform.ll_pgd(f_b, U, labels=[1])
+
+  def test_clip_to_range_false_projects_on_the_ball_only(self):
+    # LL path, 4 steps: pixel 1 would reach −0.125; the ball allows it.
+    f_b = linear_f_b(np.eye(3, dtype=np.float32))
+    g_u = transform.ll_pgd(f_b, U, steps=4, random_start=False,
+                           clip_to_range=False, **IDENTITY)
+    self.assertAllEqual(g_u, [[0.0, -0.125, 0.75]])
+
+  def test_non_finite_gradient_entries_do_not_move_their_pixel(self):
+    # z = W sqrt(x), W's first row 0: at x0 = 0 the chain rule gives
+    # 0 · inf = NaN for pixel 0 (sign(NaN) would poison g(x)); pixels 1 and
+    # 2 see positive factors, so they follow the identity case's signs.
+    weights = np.eye(3, dtype=np.float32)
+    weights[0, 0] = 0.0
+    f_b = keras.Sequential([keras.Input((3,)), keras.layers.Lambda(tf.sqrt),
+                            keras.layers.Dense(3, use_bias=False)])
+    f_b.layers[-1].kernel.assign(weights)
+    x = np.array([[0.0, 0.5, 0.25]], np.float32)
+    grad = transform.input_gradient(f_b, tf.constant(x), tf.constant([0]))
+    self.assertAllEqual(grad.numpy()[0, 0], 0.0)
+    # z = (0, 0.707, 0.5): least likely 0; descend CE(z, 0): pixels 1 and 2
+    # fall by ε per step, pixel 0 stays.
+    g_x = transform.ll_pgd(f_b, x, steps=2, random_start=False, **IDENTITY)
+    self.assertAllEqual(g_x, [[0.0, 0.25, 0.0]])
+
+  def test_eager_call_equals_the_call_inside_a_function(self):
+    f_b = tiny_f_b()
+    x = tiny_images()
+    seed = tf.constant([3, 1])
+    eager = transform.ll_pgd(f_b, x, seed=seed)
+    graph = tf.function(lambda z: transform.ll_pgd(f_b, z, seed=seed))(x)
+    self.assertAllClose(eager, graph, rtol=0, atol=1e-6)
+    self.assertGreater(np.abs(eager.numpy() - x).max(), 0.1)
 
   def test_default_step_size_is_epsilon_over_six(self):
     f_b = linear_f_b(W3)
