@@ -7,12 +7,19 @@ the elite, draws parents by softmax(fitness / temperature), mixes them by a
 fitness-weighted uniform crossover and mutates pixels with adaptive rate and
 range (both shrink while the best fitness stalls), all projected back onto the
 ball and the value range. An image stops once its elite is misclassified.
+
+With `query_draws` = M > 1 it knows the model is random: a member's fitness
+is its margin averaged over M draws, the elite (the incumbent) is scored again
+on fresh draws in every generation it survives, and an image stops only when
+most of its elite's M draws and most of M fresh draws misclassify it
+(`attacks.query_scores`).
 """
 
 import numpy as np
 import tensorflow as tf
 
 from attacks import common
+from attacks import query_scores
 from attacks import square
 
 # Alzantot et al.'s adaptive scaling: rate = max(min_rate, 0.5 · 0.9^plateaus),
@@ -20,12 +27,18 @@ from attacks import square
 RATE_START, RANGE_START, DECAY = 0.5, 0.4, 0.9
 
 
-def fitness(model_fn, members, y):
-  """Margin fitness max_{j≠y} z_j − z_y of members `(n, pop, ...)`; `(n, pop)`."""
+def fitness(model_fn, members, y, draws=1):
+  """Margin fitness of members `(n, pop, ...)` over `draws` draws each.
+
+  Returns:
+    `(scores, fooled)`: arrays `(n, pop)`, the fitness max_{j≠y} z_j − z_y
+    averaged over the draws and the fraction of draws misclassified.
+  """
   n, population = members.shape[:2]
   flat = members.reshape((n * population,) + members.shape[2:])
-  logits = square.query_logits(model_fn, flat)
-  return -square.margins(logits, np.repeat(y, population)).reshape(n, population)
+  margin, fooled = query_scores.draw_scores(model_fn, flat,
+                                            np.repeat(y, population), draws)
+  return -margin.reshape(n, population), fooled.reshape(n, population)
 
 
 def select_parents(scores, temperature, count, rng):
@@ -84,16 +97,20 @@ def next_generation(x, members, scores, epsilon, rate, spread, temperature,
 
 def gen_attack(model_fn, x, y, epsilon=8 / 255, population=6, generations=1000,
                mutation_rate=0.1, mutation_range=0.15, temperature=0.1,
-               value_range=(0.0, 1.0), seed=None):
+               value_range=(0.0, 1.0), seed=None, query_draws=1):
   """GenAttack (L∞, untargeted): a genetic search of the epsilon ball.
 
   The population starts uniformly inside the ball; each generation costs
-  `population` queries per image still correctly classified, so an image
-  uses at most `population · generations` queries. Mutation probability and
-  range start at 0.5 and 0.4·epsilon and decay by 0.9 per generation without
-  improvement of the best fitness, down to `mutation_rate` and
-  `mutation_range`·epsilon (Alzantot et al.'s adaptive parameter scaling).
-  On a randomized model every query is a fresh draw (the elite included).
+  `population · query_draws` queries per image still to break, plus
+  `query_draws` to confirm a mostly misclassified elite on fresh draws when
+  `query_draws` > 1, so an image uses at most `population · generations`
+  queries with `query_draws` = 1 and `(population + 1) · query_draws ·
+  generations` otherwise. Mutation probability and range start at 0.5 and
+  0.4·epsilon and decay by 0.9 per generation without improvement of the
+  best fitness, down to `mutation_rate` and `mutation_range`·epsilon
+  (Alzantot et al.'s adaptive parameter scaling).
+  On a randomized model every query is a fresh draw: the elite is scored
+  again in each generation, so its score is never a stale lucky one.
 
   Args:
     model_fn: float32 images -> logits; only its outputs are used.
@@ -107,6 +124,8 @@ def gen_attack(model_fn, x, y, epsilon=8 / 255, population=6, generations=1000,
     temperature: parent-sampling temperature of softmax(fitness / T).
     value_range: `(low, high)` of valid pixel values.
     seed: integer seed of the search; None draws one.
+    query_draws: M, draws of a random model averaged per fitness; 1 for a
+      deterministic model.
 
   Returns:
     float32 tf.Tensor of the shape of `x`, inside the ball and `value_range`.
@@ -128,6 +147,7 @@ def gen_attack(model_fn, x, y, epsilon=8 / 255, population=6, generations=1000,
                      f"Received: mutation_rate={mutation_rate!r}")
   common.check_number("mutation_range", mutation_range, minimum=0, strict=True)
   common.check_number("temperature", temperature, minimum=0, strict=True)
+  query_scores.check_query_draws(query_draws)
   if epsilon == 0:
     return tf.constant(x)
   rng = square.attack_rng(seed)
@@ -140,13 +160,18 @@ def gen_attack(model_fn, x, y, epsilon=8 / 255, population=6, generations=1000,
   result = members[:, 0].copy()
   active = np.arange(n)
   for _ in range(generations):
-    scores[active] = fitness(model_fn, members[active], y[active])
+    scores[active], fooled = fitness(model_fn, members[active], y[active],
+                                     query_draws)
+    leader = scores[active].argmax(axis=1)
     top = scores[active].max(axis=1)
-    result[active] = members[active, scores[active].argmax(axis=1)]
+    result[active] = members[active, leader]
     plateaus[active] = np.where(top > best[active], plateaus[active],
                                 plateaus[active] + 1)
     best[active] = np.maximum(best[active], top)
-    active = active[top <= 0]
+    done, _ = query_scores.confirm(model_fn, result[active], y[active],
+                                   fooled[np.arange(active.size), leader],
+                                   query_draws)
+    active = active[~done]
     if active.size == 0:
       break
     rate = np.maximum(mutation_rate, RATE_START * DECAY**plateaus[active])

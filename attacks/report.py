@@ -1,5 +1,12 @@
 """Writes a robustness report: report.json, report.md (a Table 3) and PNG plots.
 
+Every report opens with its verdict (INCOMPLETE when an attack raised: its
+worst case is then only an upper bound) and each way its budget falls below
+the reference (`suite.weaker_than_reference`), or says that it meets it; the
+JSON holds both (`verdict`, `weaker_than_reference`). Every accuracy carries
+its 95% Clopper-Pearson interval (`attacks.scoring`), and the worst case the
+per-example success probability over draws.
+
 report.md follows the shape of Xiao & Zheng (CVPR 2020), Table 3: the clean
 accuracy A_std, one row per attack with its budget and cost, the worst case
 over white-box attacks (the paper's "Ours (under BPDA)" row) and over all
@@ -22,11 +29,12 @@ import numpy as np
 import tensorflow as tf
 
 from attacks import sanity
+from attacks import suite
 
 __all__ = [
-    "machine_info", "plot_accuracy_vs_eot", "plot_accuracy_vs_epsilon",
-    "plot_transform_grid", "print_summary", "report_dict", "table_markdown",
-    "transform_views",
+    "header_lines", "machine_info", "plot_accuracy_vs_eot",
+    "plot_accuracy_vs_epsilon", "plot_transform_grid", "print_summary",
+    "report_dict", "success_histogram", "table_markdown", "transform_views",
     "write_report"
 ]
 
@@ -45,8 +53,10 @@ def machine_info():
 
 
 def _worst_dict(worst):
-  return {k: v for k, v in worst.items() if k != "robust"} | {
-      "robust": [int(v) for v in worst["robust"]]}
+  arrays = ("robust", "per_example_success")
+  return {k: v for k, v in worst.items() if k not in arrays} | {
+      "robust": [int(v) for v in worst["robust"]],
+      "per_example_success": [float(v) for v in worst["per_example_success"]]}
 
 
 def report_dict(suite_result, flags, extras=None, meta=None):
@@ -64,6 +74,8 @@ def report_dict(suite_result, flags, extras=None, meta=None):
   """
   budget = suite_result.budget
   return {
+      "verdict": suite_result.verdict,
+      "weaker_than_reference": list(suite_result.weaker_than_reference),
       "meta": dict(meta or {}),
       "machine": machine_info(),
       "seed": suite_result.seed,
@@ -73,7 +85,8 @@ def report_dict(suite_result, flags, extras=None, meta=None):
       "budget": {
           "epsilon": budget.epsilon, "steps": budget.steps,
           "restarts": budget.restarts, "eot_samples": budget.eot_samples,
-          "queries": budget.queries, "value_range": list(budget.value_range)
+          "queries": budget.queries, "query_draws": budget.query_draws,
+          "value_range": list(budget.value_range)
       },
       "clean": suite_result.clean.to_dict(),
       "attacks": [r.to_dict() for r in suite_result.results],
@@ -100,28 +113,89 @@ def _pct(value):
   return f"{100 * value:.1f}%"
 
 
+def _with_interval(figures, key, bold=False):
+  """`figures[key]` in percent with its 95% interval: `50.0% [6.8, 93.2]`."""
+  low, high = figures[f"{key}_ci95"]
+  value = f"**{_pct(figures[key])}**" if bold else _pct(figures[key])
+  return f"{value} [{100 * low:.1f}, {100 * high:.1f}]"
+
+
+def header_lines(report):
+  """The verdict and the budget against the reference, first in every report.
+
+  Args:
+    report: a `report_dict`.
+
+  Returns:
+    A list of markdown lines (paragraphs separated by empty lines).
+  """
+  reference = suite.BUDGET_PRESETS["reference"]
+  failed = report["failed"]
+  if failed:
+    lines = [f"**Verdict: {suite.INCOMPLETE}.** Attacks that raised: "
+             f"{', '.join(sorted(failed))}. The worst case below omits them: "
+             "it is an upper bound, not a verdict."]
+  else:
+    lines = [f"Verdict: {suite.COMPLETE} (every planned attack ran)."]
+  budget = reference.budget
+  lines += ["", f"Reference budget: AutoAttack `rand` ({budget.steps} steps, "
+            f"EOT {budget.eot_samples}, {budget.restarts} restart), Square "
+            f"{budget.queries} queries, {budget.query_draws} draws per query "
+            "(this package's default on a randomized model), "
+            f"{reference.images} images, R = {reference.draws} draws.", ""]
+  weaker = report["weaker_than_reference"]
+  if weaker:
+    listed = ", ".join(f"{w['field']} {w['used']} (reference {w['reference']})"
+                       for w in weaker)
+    lines.append(f"**WEAKER THAN REFERENCE:** {listed}. These figures are not "
+                 "a reference-strength evaluation.")
+  else:
+    lines.append("Budget at reference strength.")
+  return lines
+
+
+def success_histogram(success):
+  """Counts of images by success probability over draws.
+
+  Args:
+    success: per-example success probabilities (fractions of draws).
+
+  Returns:
+    dict with the counts `never` (p = 0), `below_half` (0 < p < 0.5),
+    `half_or_more` (0.5 <= p < 1) and `always` (p = 1).
+  """
+  success = np.asarray(success, float)
+  return {"never": int(np.sum(success == 0.0)),
+          "below_half": int(np.sum((success > 0.0) & (success < 0.5))),
+          "half_or_more": int(np.sum((success >= 0.5) & (success < 1.0))),
+          "always": int(np.sum(success == 1.0))}
+
+
 def table_markdown(report):
   """The Table-3-like markdown table of a `report_dict`."""
   lines = [
-      "| Attack | Kind | Budget | Mean acc. | Strict acc. | Time (s) | "
-      "f_b passes | f_b passes/s |",
+      "| Attack | Kind | Budget | Mean acc. [95% CI] | Strict acc. [95% CI] | "
+      "Time (s) | f_b passes | f_b passes/s |",
       "|---|---|---|---|---|---|---|---|",
   ]
   clean = report["clean"]
-  lines.append(f"| clean (A_std) | - | - | {_pct(clean['mean_accuracy'])} | "
-               f"{_pct(clean['strict_accuracy'])} | - | - | - |")
+  lines.append(f"| clean (A_std) | - | - | "
+               f"{_with_interval(clean, 'mean_accuracy')} | "
+               f"{_with_interval(clean, 'strict_accuracy')} | - | - | - |")
   for row in report["attacks"]:
     lines.append(
         f"| {row['name']} | {row['kind']} | {_budget_text(row['budget'])} | "
-        f"{_pct(row['mean_accuracy'])} | {_pct(row['strict_accuracy'])} | "
+        f"{_with_interval(row, 'mean_accuracy')} | "
+        f"{_with_interval(row, 'strict_accuracy')} | "
         f"{row['elapsed_s']:.2f} | {row['f_b_passes']} | "
         f"{row['f_b_passes_per_s']:.0f} |")
   for label, key in (("worst case, white-box", "worst_case_white_box"),
                      ("worst case, all attacks (A_rob)", "worst_case")):
     worst = report[key]
     lines.append(f"| **{label}** | per example | by {worst['strongest']} | "
-                 f"{_pct(worst['mean_accuracy'])} | "
-                 f"**{_pct(worst['strict_accuracy'])}** | - | - | - |")
+                 f"{_with_interval(worst, 'mean_accuracy')} | "
+                 f"{_with_interval(worst, 'strict_accuracy', bold=True)} | "
+                 "- | - | - |")
   return "\n".join(lines)
 
 
@@ -130,8 +204,8 @@ def markdown(report):
   meta = report["meta"]
   budget = report["budget"]
   worst = report["worst_case"]
-  lines = [
-      "# Robustness report", "",
+  lines = ["# Robustness report", ""] + header_lines(report) + [
+      "",
       f"Data: {meta.get('data', 'unknown')}, {report['images']} images"
       f"{', split ' + meta['split'] if 'split' in meta else ''}. "
       f"Model: {meta.get('model', 'unknown')}"
@@ -140,20 +214,29 @@ def markdown(report):
       f"{report['draws']} draws of the model.", "",
       f"Budget: L∞ eps={budget['epsilon'] * 255:.4g}/255, steps={budget['steps']}, "
       f"restarts={budget['restarts']}, eot_samples={budget['eot_samples']}, "
-      f"queries={budget['queries']}.", "",
+      f"queries={budget['queries']}, query_draws={budget['query_draws']}.", "",
       "Mean acc. = fraction of (image, draw) pairs correct; strict acc. = "
       "fraction of images correct in every draw. The worst case is per "
       "example: an image counts only if it is correct in every draw, clean "
-      "and under every attack.", "",
+      "and under every attack. Each attack run is scored with its own "
+      "independent draws. Intervals: 95% Clopper-Pearson over the images (for "
+      "the mean, at k = images x mean accuracy; the draws of one image are not "
+      "counted as independent trials).", "",
       table_markdown(report), "",
-      f"**Worst-case robust accuracy: {_pct(worst['strict_accuracy'])} "
-      f"(strict), strongest attack: {worst['strongest']}.**", "",
+      f"**Worst-case robust accuracy: "
+      f"{_with_interval(worst, 'strict_accuracy')} (strict), strongest "
+      f"attack: {worst['strongest']}"
+      f"{' (INCOMPLETE: upper bound)' if report['failed'] else ''}.**", "",
+      "Per-example success probability over draws (worst case over the clean "
+      "images and every attack; per image in report.json, "
+      "`worst_case.per_example_success`): " + _histogram_text(
+          success_histogram(worst["per_example_success"])) + ".", "",
       "## Sanity checks", "",
   ]
   lines += [f"- [{f['status']}] {f['name']}: {f['message']}"
             for f in report["flags"]]
   if report["failed"]:
-    lines += ["", "## Failed (not in the worst case)", ""]
+    lines += ["", "## Failed (not in the worst case: verdict INCOMPLETE)", ""]
     lines += [f"- {name}: {why}" for name, why in report["failed"].items()]
   if report["skipped"]:
     lines += ["", "## Skipped", ""]
@@ -164,6 +247,12 @@ def markdown(report):
             f"{machine['devices']}, TensorFlow {machine['tensorflow']}, "
             f"Keras {machine['keras']}.", ""]
   return "\n".join(lines)
+
+
+def _histogram_text(counts):
+  return (f"fooled in every draw {counts['always']}, in at least half "
+          f"{counts['half_or_more']}, in fewer than half "
+          f"{counts['below_half']}, never {counts['never']}")
 
 
 def plot_accuracy_vs_epsilon(curve, path, title, clean=None):
@@ -303,10 +392,11 @@ def write_report(report_dir, suite_result, flags, extras=None, meta=None,
 
 
 def print_summary(report_path_or_dict):
-  """Returns the markdown table and flags of a report (for printing)."""
+  """Returns the verdict, budget, table and flags of a report (for printing)."""
   report = report_path_or_dict
   if isinstance(report, str):
     with open(report) as f:
       report = json.load(f)
-  return table_markdown(report) + "\n\n" + sanity.format_flags(
-      [sanity.Flag(**f) for f in report["flags"]])
+  return "\n".join(header_lines(report)) + "\n\n" + table_markdown(
+      report) + "\n\n" + sanity.format_flags(
+          [sanity.Flag(**f) for f in report["flags"]])

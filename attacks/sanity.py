@@ -7,8 +7,9 @@ raised) and Athalye et al. (2018) /
 Croce et al. (2022): robust <= clean; accuracy falls as the budget grows; a
 large budget (epsilon = 0.5) drives accuracy near 0; a transfer or query-based
 attack beating every white-box attack signals gradient masking; an estimator
-giving zero or NaN gradients; accuracy still falling with twice the steps or
-restarts (not converged).
+giving zero or NaN gradients; accuracy still falling with twice the steps,
+restarts or EOT samples (not converged); per-draw gradients so spread around
+their EOT mean that the mean is mostly noise (`eot_gradient_diagnostics`).
 """
 
 import dataclasses
@@ -20,15 +21,19 @@ from attacks import common
 from attacks import suite
 
 __all__ = [
-    "Flag", "EPSILON_SWEEP", "LARGE_EPSILON", "check_convergence",
-    "check_failures",
-    "check_gradient_masking", "check_gradients", "check_large_epsilon",
-    "check_monotone_epsilon", "check_robust_le_clean", "epsilon_sweep",
-    "format_flags", "gradient_stats", "reference_attack", "run_checks"
+    "Flag", "DIAGNOSTIC_IMAGES", "DIAGNOSTIC_STEPS", "EPSILON_SWEEP",
+    "LARGE_EPSILON", "check_convergence", "check_eot_gradients",
+    "check_failures", "check_gradient_masking", "check_gradients",
+    "check_large_epsilon", "check_monotone_epsilon", "check_robust_le_clean",
+    "draw_noise", "eot_diagnostics", "eot_gradient_diagnostics", "epsilon_sweep", "format_flags",
+    "gradient_stats", "reference_attack", "run_checks"
 ]
 
 EPSILON_SWEEP = (2 / 255, 4 / 255, 8 / 255, 16 / 255)
 LARGE_EPSILON = 0.5
+# EOT gradient diagnostics: a few steps on the first images.
+DIAGNOSTIC_STEPS = 3
+DIAGNOSTIC_IMAGES = 16
 OK, TRIPPED, NOT_RUN = "ok", "FLAG", "not run"
 
 
@@ -57,19 +62,26 @@ def _flag(name, tripped, message):
   return Flag(name, TRIPPED if tripped else OK, message)
 
 
-def check_failures(failed):
-  """Flags attacks that raised instead of returning images.
+def _slack(tolerance):
+  """The tolerance as message text (empty when zero)."""
+  return f" (slack {tolerance:.4f} for draw noise)" if tolerance else ""
+
+
+def check_failures(failed, name="attacks-failed", what="attack"):
+  """Flags attacks (or sanity runs) that raised instead of returning.
 
   Args:
-    failed: dict attack name -> error message.
+    failed: dict attack or run name -> error message.
+    name: the flag's name.
+    what: what `failed` lists, for the message.
 
   Returns:
     A `Flag`.
   """
   if failed:
-    return _flag("attacks-failed", True, "; ".join(
-        f"{name}: {error}" for name, error in sorted(failed.items())))
-  return _flag("attacks-failed", False, "every attack ran")
+    return _flag(name, True, "; ".join(
+        f"{run}: {error}" for run, error in sorted(failed.items())))
+  return _flag(name, False, f"every {what} ran")
 
 
 def check_robust_le_clean(clean_accuracy, accuracies, tolerance=0.0):
@@ -89,9 +101,11 @@ def check_robust_le_clean(clean_accuracy, accuracies, tolerance=0.0):
   if above:
     listed = ", ".join(f"{k}={v:.4f}" for k, v in sorted(above.items()))
     return _flag("robust<=clean", True,
-                 f"attacks above clean accuracy {clean_accuracy:.4f}: {listed}")
+                 f"attacks above clean accuracy {clean_accuracy:.4f}"
+                 f"{_slack(tolerance)}: {listed}")
   return _flag("robust<=clean", False,
-               f"every attack <= clean accuracy {clean_accuracy:.4f}")
+               f"every attack <= clean accuracy {clean_accuracy:.4f}"
+               f"{_slack(tolerance)}")
 
 
 def check_monotone_epsilon(accuracy_by_epsilon, tolerance=0.0):
@@ -110,8 +124,10 @@ def check_monotone_epsilon(accuracy_by_epsilon, tolerance=0.0):
   rises = [(a, b) for (a, b) in zip(items, items[1:]) if b[1] > a[1] + tolerance]
   curve = ", ".join(f"{e * 255:.4g}/255: {acc:.4f}" for e, acc in items)
   if rises:
-    return _flag("monotone-in-epsilon", True, f"accuracy rises with epsilon: {curve}")
-  return _flag("monotone-in-epsilon", False, f"non-increasing: {curve}")
+    return _flag("monotone-in-epsilon", True,
+                 f"accuracy rises with epsilon: {curve}{_slack(tolerance)}")
+  return _flag("monotone-in-epsilon", False,
+               f"non-increasing: {curve}{_slack(tolerance)}")
 
 
 def check_large_epsilon(accuracy, epsilon=LARGE_EPSILON, threshold=0.10):
@@ -154,7 +170,8 @@ def check_gradient_masking(white_box, black_box, tolerance=0.0):
   relation = "beats" if tripped else "does not beat"
   return _flag(name, tripped,
                f"{best_black} ({black_box[best_black]:.4f}) {relation} the "
-               f"best white-box attack {best_white} ({white_box[best_white]:.4f})")
+               f"best white-box attack {best_white} ({white_box[best_white]:.4f})"
+               f"{_slack(tolerance)}")
 
 
 def gradient_stats(model_fn, x, y):
@@ -216,8 +233,9 @@ def check_convergence(base, doubled, what="steps", tolerance=0.0, attack=None):
 
   Args:
     base: accuracy with the report's budget (None: not run).
-    doubled: accuracy with twice the steps or restarts (None: not run).
-    what: "steps" or "restarts", for the message.
+    doubled: accuracy with twice the steps, restarts or EOT samples (None:
+      not run).
+    what: "steps", "restarts" or "eot_samples", for the message.
     tolerance: slack allowed for draw noise.
     attack: the attack's name, for the message.
 
@@ -231,7 +249,105 @@ def check_convergence(base, doubled, what="steps", tolerance=0.0, attack=None):
   return _flag(name, tripped,
                (f"{attack}: " if attack else "") +
                f"accuracy {base:.4f} -> {doubled:.4f} with 2x {what}"
+               + _slack(tolerance)
                + (" (still falling: not converged)" if tripped else ""))
+
+
+def eot_gradient_diagnostics(model_fn, x, y, samples, steps=DIAGNOSTIC_STEPS,
+                             epsilon=8 / 255, value_range=(0.0, 1.0)):
+  """Per-step spread of per-draw gradients around their EOT mean.
+
+  Walks `steps` signed steps of size epsilon / 4 along the EOT-mean gradient
+  of the CE loss (PGD with EOT from x, projected on the ball) and, at x and
+  after each step, takes K = `samples` per-draw gradients g_k (the batch
+  tiled K times in one call, each copy its own draw) and their mean m:
+
+  - `relative_variance`: mean_k ||g_k - m||^2 / ||m||^2, per image, averaged
+    over images. Divided by K it is the noise-to-signal ratio of the EOT
+    mean itself.
+  - `cosine`: cos(g_k, m), averaged over draws and images.
+
+  Images whose mean gradient is exactly zero are left out of both figures.
+
+  Args:
+    model_fn: images -> logits, differentiable, a fresh draw per image.
+    x: float32 images.
+    y: int labels.
+    samples: K, draws per gradient (>= 2 for a spread).
+    steps: signed steps taken (figures at steps + 1 points).
+    epsilon: L∞ radius of the walk.
+    value_range: `(low, high)` of valid pixel values.
+
+  Returns:
+    dict with per-point lists `relative_variance` and `cosine` (None where
+    every mean gradient is zero), `samples`, `steps` and `images`.
+
+  Raises:
+    ValueError: for `samples < 2` or a bad `steps`.
+  """
+  common.check_number("samples", samples, minimum=2, integer=True)
+  common.check_number("steps", steps, minimum=0, integer=True)
+  x = tf.convert_to_tensor(x, tf.float32)
+  y_tiled = tf.tile(tf.convert_to_tensor(y, tf.int32), [samples])
+  ones = [1] * (len(x.shape) - 1)
+  x_adv = x
+  figures = {"relative_variance": [], "cosine": []}
+  for step in range(steps + 1):
+    tiled = tf.tile(x_adv, [samples] + ones)
+    with tf.GradientTape() as tape:
+      tape.watch(tiled)
+      loss = tf.reduce_sum(common.ce_loss(
+          tf.cast(model_fn(tiled), tf.float32), y_tiled))
+    grads = tape.gradient(loss, tiled,
+                          unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    grads = np.asarray(grads).reshape(samples, len(x), -1)
+    mean = grads.mean(axis=0)
+    norm = np.linalg.norm(mean, axis=-1)
+    valid = norm > 0
+    spread, cosine = None, None
+    if np.any(valid):
+      draws, centre, size = grads[:, valid], mean[valid], norm[valid]
+      spread = float(np.mean(
+          np.mean(np.sum((draws - centre) ** 2, axis=-1), axis=0) / size**2))
+      draw_norm = np.maximum(np.linalg.norm(draws, axis=-1), 1e-30)
+      cosine = float(np.mean(np.sum(draws * centre, axis=-1) /
+                             (draw_norm * size)))
+    figures["relative_variance"].append(spread)
+    figures["cosine"].append(cosine)
+    if step < steps:
+      direction = tf.sign(tf.reshape(tf.constant(mean), x.shape))
+      x_adv = common.project(x_adv + epsilon / 4 * direction, x, epsilon,
+                             value_range)
+  return dict(figures, samples=samples, steps=steps, images=int(len(x)))
+
+
+def check_eot_gradients(diagnostics, noise_ratio=1.0):
+  """Flags an EOT mean gradient dominated by the spread of the draws.
+
+  Args:
+    diagnostics: `eot_gradient_diagnostics` output, or None (not run).
+    noise_ratio: largest allowed relative variance / K (the variance of the
+      EOT mean over its squared norm) at any point of the walk.
+
+  Returns:
+    A `Flag`.
+  """
+  name = "eot-gradient-noise"
+  if diagnostics is None:
+    return Flag(name, NOT_RUN, "no EOT attack on a randomized model")
+  samples = diagnostics["samples"]
+  ratios = [v / samples for v in diagnostics["relative_variance"]
+            if v is not None]
+  if not ratios:
+    return _flag(name, True, "every EOT mean gradient is zero")
+  cosines = ", ".join(f"{c:.3f}" for c in diagnostics["cosine"]
+                      if c is not None)
+  tripped = max(ratios) > noise_ratio
+  return _flag(name, tripped,
+               f"EOT {samples}: variance of the mean gradient / its squared "
+               f"norm up to {max(ratios):.3f} (limit {noise_ratio}); cosine of "
+               f"a draw's gradient to the mean per step: {cosines}"
+               + (" (more EOT samples needed)" if tripped else ""))
 
 
 def format_flags(flags):
@@ -275,7 +391,29 @@ def epsilon_sweep(target, reference, x, y, suite_result,
   return curve
 
 
-def convergence_flag(target, suite_result, x, y, what, run, extras):
+def draw_noise(score):
+  """Slack for comparing mean accuracies of runs scored on independent draws.
+
+  Every attack run is scored with its own draws, so two runs on the same
+  images differ by draw noise alone even when their images classify alike:
+  twice the standard deviation of the difference of two independent R-draw
+  means, with each image's per-draw variance p_i (1 - p_i) taken from
+  `score` (usually the clean images'). Zero on a deterministic model.
+
+  Args:
+    score: a `scoring.Score`.
+
+  Returns:
+    A float.
+  """
+  p = score.per_example_mean
+  if not p.size:
+    return 0.0
+  return float(2 * np.sqrt(2 * np.sum(p * (1 - p)) / score.draws) / p.size)
+
+
+def convergence_flag(target, suite_result, x, y, what, run, extras,
+                     tolerance=0.0):
   """Reruns the strongest white-box attack taking `what` with 2x of it."""
   reference = reference_attack(suite_result, field=what)
   if not run or reference is None:
@@ -287,7 +425,26 @@ def convergence_flag(target, suite_result, x, y, what, run, extras):
                                "accuracy": doubled.score.mean_accuracy}
   return check_convergence(reference.score.mean_accuracy,
                            doubled.score.mean_accuracy, what,
-                           attack=reference.name)
+                           tolerance=tolerance, attack=reference.name)
+
+
+def eot_diagnostics(target, suite_result, x, y):
+  """`eot_gradient_diagnostics` through the strongest EOT attack's estimator.
+
+  On the first `DIAGNOSTIC_IMAGES` images with the suite's EOT samples (at
+  least 2); None on a deterministic model or without such an attack.
+  """
+  reference = reference_attack(suite_result, field="eot_samples")
+  if not target.defended or reference is None:
+    return None
+  budget = suite_result.budget
+  model_fn = target.white_box_fn(suite.REGISTRY[reference.name].estimator,
+                                 seed=suite_result.seed)
+  diagnostics = eot_gradient_diagnostics(
+      model_fn, x[:DIAGNOSTIC_IMAGES], y[:DIAGNOSTIC_IMAGES],
+      max(2, budget.eot_samples), epsilon=budget.epsilon,
+      value_range=budget.value_range)
+  return dict(diagnostics, attack=reference.name)
 
 
 def run_checks(target, suite_result, x, y, convergence=True):
@@ -295,48 +452,79 @@ def run_checks(target, suite_result, x, y, convergence=True):
 
   Reruns the strongest white-box attack at epsilon in {2, 4, 8, 16}/255 and
   0.5 and with 2x steps, the strongest white-box attack that takes restarts
-  with 2x restarts, and measures one-draw gradients of every estimator the
-  suite used.
+  with 2x restarts and, on a randomized model, the strongest EOT attack with
+  2x EOT samples; measures one-draw gradients of every estimator the suite
+  used and the spread of per-draw gradients around their EOT mean over a few
+  steps (`eot_gradient_diagnostics`). Comparisons of mean accuracies allow
+  the draw noise of the clean images (`draw_noise`), since every run is
+  scored with its own draws.
 
   Args:
     target: the `suite.Target` the suite ran on.
     suite_result: a `suite.SuiteResult`.
     x: the suite's images.
     y: their labels.
-    convergence: run the 2x steps / restarts reruns.
+    convergence: run the 2x steps / restarts / EOT samples reruns.
 
   Returns:
     `(flags, extras)`: a list of `Flag` and a dict with the epsilon curve
-    (`accuracy_vs_epsilon`), the gradient statistics and the reruns' figures.
+    (`accuracy_vs_epsilon`), the gradient statistics (`gradients`,
+    `eot_gradients`) and the reruns' figures. An extra run that raises is
+    flagged (`sanity-runs-failed`) and its check left "not run"; the report
+    is still written.
   """
   results = suite_result.results
   clean = suite_result.clean.mean_accuracy
+  noise = draw_noise(suite_result.clean)
+  extras = {"draw_noise": noise}
   flags = [check_failures(suite_result.failed),
            check_robust_le_clean(clean, {r.name: r.score.mean_accuracy
-                                         for r in results})]
+                                         for r in results}, tolerance=noise)]
+  errors = {}
+
+  def guarded(label, run, default=None):
+    """`run()`; on an error, `default` and the error recorded under `label`."""
+    try:
+      return run()
+    except Exception as error:  # pylint: disable=broad-except
+      errors[label] = f"{type(error).__name__}: {error}"
+      return default
+
   reference = reference_attack(suite_result)
-  extras = {"reference_attack": reference.name if reference else None}
+  extras["reference_attack"] = reference.name if reference else None
   curve = {}
   if reference is not None:
-    curve = epsilon_sweep(target, reference, x, y, suite_result)
+    curve = guarded("epsilon sweep", lambda: epsilon_sweep(
+        target, reference, x, y, suite_result), {})
   extras["accuracy_vs_epsilon"] = {str(e): a for e, a in sorted(curve.items())}
   flags.append(check_monotone_epsilon(
-      {e: a for e, a in curve.items() if e != LARGE_EPSILON}))
+      {e: a for e, a in curve.items() if e != LARGE_EPSILON}, tolerance=noise))
   flags.append(check_large_epsilon(curve.get(LARGE_EPSILON)))
   white = {r.name: r.score.mean_accuracy for r in results
            if r.kind == suite.WHITE_BOX}
   black = {r.name: r.score.mean_accuracy for r in results
            if r.kind != suite.WHITE_BOX}
-  flags.append(check_gradient_masking(white, black))
+  flags.append(check_gradient_masking(white, black, tolerance=noise))
   if target.defended:
     estimators = sorted({suite.REGISTRY[name].estimator for name in white})
   else:  # White-box attacks differentiate the model directly.
     estimators = ["direct"] if white else []
-  stats = {e: gradient_stats(target.white_box_fn(e, seed=suite_result.seed),
-                             x, y) for e in estimators}
-  extras["gradients"] = stats
-  flags.append(check_gradients(stats))
-  for what in ("steps", "restarts"):
-    flags.append(convergence_flag(target, suite_result, x, y, what, convergence,
-                                  extras))
+  stats = {}
+  for e in estimators:
+    stats[e] = guarded(f"gradients of {e}", lambda e=e: gradient_stats(
+        target.white_box_fn(e, seed=suite_result.seed), x, y))
+  extras["gradients"] = {e: v for e, v in stats.items() if v is not None}
+  flags.append(check_gradients(extras["gradients"]))
+  extras["eot_gradients"] = guarded("EOT gradient diagnostics", lambda: (
+      eot_diagnostics(target, suite_result, x, y)))
+  flags.append(check_eot_gradients(extras["eot_gradients"]))
+  # EOT samples matter only on a randomized model.
+  for what in ("steps", "restarts") + (
+      ("eot_samples",) if target.defended else ()):
+    flags.append(guarded(
+        f"2x {what}", lambda what=what: convergence_flag(
+            target, suite_result, x, y, what, convergence, extras,
+            tolerance=noise), check_convergence(None, None, what)))
+  flags.insert(1, check_failures(errors, name="sanity-runs-failed",
+                                 what="sanity run"))
   return flags, extras

@@ -8,12 +8,29 @@ reported (DESIGN.md, evaluation rules):
 - mean accuracy: the fraction of (image, draw) pairs classified correctly;
 - strict accuracy: the fraction of images classified correctly in *every* draw.
 
+Each image also gets its success probability over draws (the fraction of draws
+that misclassify it), and every accuracy a 95% Clopper-Pearson interval over
+the images (`clopper_pearson`):
+
+- strict accuracy: the exact binomial interval of k robust images out of n;
+- mean accuracy: the same interval at k = n * mean accuracy (a fractional
+  count; the beta-quantile form of the interval is continuous in k). Each
+  image is one trial and its fraction of correct draws its outcome: the R
+  draws of one image are not independent trials (they share the image), so
+  they do not narrow the interval. A fraction in [0, 1] with mean p varies at
+  most as much as a Bernoulli(p) outcome, so this interval is at least as wide
+  as one that modelled the fractions themselves.
+
+Both intervals cover the choice of images (and, for the mean, of the R
+draws); they do not cover the attack's own randomness.
+
 Reproducibility: the draws of every `AdversarialTransform` inside a Keras model
-come from the layer's `keras.random.SeedGenerator`. `score` sets those
-generators to states derived from its own `seed` for the duration of the
-scoring and restores them afterwards, so the same seed gives the same draws
-(and the same figures) regardless of what ran before. A plain `model_fn`
-(not a `keras.Model`) is called as is; its randomness is its own.
+come from the layer's `keras.random.SeedGenerator` while pinned. `score` pins
+the layers and sets those generators to states derived from its own `seed` for
+the duration of the scoring and restores both afterwards, so the same seed
+gives the same draws (and the same figures) regardless of what ran before. A
+plain `model_fn` (not a `keras.Model`) is called as is; its randomness is its
+own.
 """
 
 import contextlib
@@ -21,12 +38,57 @@ import dataclasses
 
 import keras
 import numpy as np
+from scipy import stats
 import tensorflow as tf
 
 from adv_layer.layer import find_transforms
 from attacks import common
 
-__all__ = ["Score", "predict_labels", "reseeded", "score", "score_labels"]
+__all__ = [
+    "CONFIDENCE", "DRAWS", "Score", "clopper_pearson", "predict_labels",
+    "reseeded", "score", "score_labels"
+]
+
+CONFIDENCE = 0.95
+DRAWS = 20  # R of the final verdict.
+
+
+def clopper_pearson(successes, trials, confidence=CONFIDENCE):
+  """The Clopper-Pearson (exact binomial) interval of a proportion.
+
+  `low` is the `(1 - confidence) / 2` quantile of Beta(k, n - k + 1) and
+  `high` the `(1 + confidence) / 2` quantile of Beta(k + 1, n - k), with
+  `low = 0` at k = 0 and `high = 1` at k = n. A fractional k (a mean over
+  draws times n, see the module docstring) uses the same quantiles.
+
+  Args:
+    successes: k, a number in [0, trials].
+    trials: n, a non-negative integer (n = 0 gives the uninformative (0, 1)).
+    confidence: the interval's coverage, in (0, 1).
+
+  Returns:
+    `(low, high)` as floats.
+
+  Raises:
+    ValueError: for a bad `trials`, `successes` or `confidence`.
+
+  Example:
+    >>> clopper_pearson(0, 10)  # (0.0, 1 - 0.025 ** (1 / 10)) = (0.0, 0.3085)
+  """
+  common.check_number("trials", trials, minimum=0, integer=True)
+  if not (isinstance(successes, (int, float, np.number)) and
+          0 <= successes <= trials):
+    raise ValueError(f"`successes` must be a number in [0, trials={trials}]. "
+                     f"Received: successes={successes!r}")
+  if not (isinstance(confidence, float) and 0.0 < confidence < 1.0):
+    raise ValueError("`confidence` must be a float in (0, 1). "
+                     f"Received: confidence={confidence!r}")
+  tail = (1.0 - confidence) / 2
+  low = 0.0 if successes == 0 else stats.beta.ppf(
+      tail, successes, trials - successes + 1)
+  high = 1.0 if successes == trials else stats.beta.ppf(
+      1.0 - tail, successes + 1, trials - successes)
+  return float(low), float(high)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +100,8 @@ class Score:
     mean_accuracy: mean of `correct` (over draws and images).
     strict_accuracy: fraction of images correct in every draw.
     robust: bool array `(images,)`, correct in every draw (strict).
-    per_example_mean: float array `(images,)`, fraction of draws correct.
+    per_example_mean: float array `(images,)`, fraction of draws correct
+      (1 - the image's success probability over draws).
     draws: R.
     seed: the seed of the draws (None: unseeded).
   """
@@ -50,13 +113,39 @@ class Score:
   draws: int
   seed: object = None
 
+  @property
+  def images(self):
+    """n, the number of images scored."""
+    return int(self.robust.size)
+
+  @property
+  def mean_interval(self):
+    """95% Clopper-Pearson interval of `mean_accuracy` (over images)."""
+    return clopper_pearson(self.mean_accuracy * self.images, self.images)
+
+  @property
+  def strict_interval(self):
+    """95% Clopper-Pearson interval of `strict_accuracy`."""
+    return clopper_pearson(int(np.sum(self.robust)), self.images)
+
+  @property
+  def per_example_success(self):
+    """float array `(images,)`: the fraction of draws misclassifying each."""
+    return 1.0 - self.per_example_mean
+
   def to_dict(self):
-    """The figures as a JSON-ready dict (per-example booleans as 0/1 lists)."""
+    """The figures as a JSON-ready dict (per-example booleans as 0/1 lists).
+
+    The interval keys end in `_ci95` (`CONFIDENCE`); `scoring_seed` is the
+    seed of the draws.
+    """
     return {
         "mean_accuracy": self.mean_accuracy,
+        "mean_accuracy_ci95": list(self.mean_interval),
         "strict_accuracy": self.strict_accuracy,
+        "strict_accuracy_ci95": list(self.strict_interval),
         "draws": self.draws,
-        "seed": self.seed,
+        "scoring_seed": self.seed,
         "robust": [int(v) for v in self.robust],
         "per_example_mean": [float(v) for v in self.per_example_mean],
     }
@@ -96,14 +185,17 @@ def score_labels(predictions, y, seed=None):
 
 @contextlib.contextmanager
 def reseeded(model, seed):
-  """Sets every `AdversarialTransform` in `model` to draws derived from `seed`.
+  """Pins every `AdversarialTransform` in `model` to draws derived from `seed`.
 
-  The generators' states are restored on exit, so scoring does not shift the
-  draws an attack or a later evaluation sees.
+  Inference draws of the layer fold in OS entropy unless pinned
+  (`AdversarialTransform.pin_draws`); inside this context they are pinned and
+  follow the layer's seed generator, set to a state derived from `seed`. The
+  generators' states and the pins are restored on exit, so scoring does not
+  shift the draws an attack or a later evaluation sees.
 
   Args:
     model: a Keras model (other callables are left alone), or None.
-    seed: an integer; None leaves the generators untouched.
+    seed: an integer; None leaves the layers untouched.
 
   Yields:
     None.
@@ -112,16 +204,18 @@ def reseeded(model, seed):
   if seed is None or not layers:
     yield
     return
-  generators = [layer.seed_generator for layer in layers]
-  saved = [generator.state.numpy() for generator in generators]
-  for generator, layer_seed in zip(generators, common.seeds(seed, len(layers))):
-    generator.state.assign(
-        np.array([layer_seed, 0]).astype(generator.state.dtype))
+  saved = [(layer.seed_generator.state.numpy(), layer.draws_pinned)
+           for layer in layers]
+  for layer, layer_seed in zip(layers, common.seeds(seed, len(layers))):
+    state = layer.seed_generator.state
+    state.assign(np.array([layer_seed, 0]).astype(state.dtype))
+    layer.pin_draws(True)
   try:
     yield
   finally:
-    for generator, state in zip(generators, saved):
-      generator.state.assign(state)
+    for layer, (state, pinned) in zip(layers, saved):
+      layer.seed_generator.state.assign(state)
+      layer.pin_draws(pinned)
 
 
 def predict_labels(model_fn, x, batch_size=256):
@@ -146,7 +240,7 @@ def predict_labels(model_fn, x, batch_size=256):
   return np.concatenate(labels) if labels else np.zeros([0], np.int64)
 
 
-def score(model_fn, x, y, draws=5, seed=0, batch_size=256):
+def score(model_fn, x, y, draws=DRAWS, seed=0, batch_size=256):
   """Scores images with `draws` fresh draws of a (randomized) model.
 
   Args:
@@ -154,7 +248,8 @@ def score(model_fn, x, y, draws=5, seed=0, batch_size=256):
       callable images -> logits.
     x: float images, shape `(images, ...)`.
     y: int labels, shape `(images,)`.
-    draws: R, the number of independent draws (default 5).
+    draws: R, the number of independent draws (default 20, the final
+      verdict's).
     seed: integer seed of the draws; None leaves the model's generators as
       they are.
     batch_size: most images per model call.
@@ -166,8 +261,8 @@ def score(model_fn, x, y, draws=5, seed=0, batch_size=256):
     ValueError: for `draws < 1`, a bad `batch_size` or mismatched labels.
 
   Example:
-    >>> s = score(defended_model, x_adv, y, draws=5, seed=0)
-    >>> s.mean_accuracy, s.strict_accuracy
+    >>> s = score(defended_model, x_adv, y, draws=20, seed=0)
+    >>> s.mean_accuracy, s.strict_accuracy, s.strict_interval
   """
   common.check_number("draws", draws, minimum=1, integer=True)
   x = np.asarray(x, np.float32)

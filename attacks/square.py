@@ -3,10 +3,17 @@
 A score-based black-box attack added to the paper's query-based attacks
 (Sec. 4.2): random search over vertical-stripe and square-shaped ±epsilon
 perturbations, accepting a change when the margin loss drops. Each image
-stops querying once it is misclassified.
+stops querying once it is misclassified. With `query_draws` = M > 1 it knows
+the model is random: it scores a proposal by its margin averaged over M
+draws, re-scores an accepted one on M fresh draws (`attacks.query_scores`),
+and stops an image only when most of both sets of draws misclassify it.
 
-Also holds the small query helpers the other query-based attacks share
-(`query_logits`, `margins`, `attack_rng`).
+The size of the squares follows AutoAttack's Square (p_init = 0.8, the
+piecewise-constant schedule of p keyed to the iteration index as for a
+10,000-query budget, not rescaled to a smaller one, as AutoAttack runs it).
+
+Also holds the helpers the other query-based attacks share (`attack_rng`,
+`prepare`).
 """
 
 import numpy as np
@@ -14,16 +21,15 @@ import tensorflow as tf
 
 from attacks import common
 from attacks import estimators
+from attacks import query_scores
 
-# Most images per `model_fn` call: bounds memory when a query batch is large
-# (SPSA, HopSkipJump gradient estimation, GenAttack populations).
-QUERY_CHUNK = 2048
-
-# Square Attack's schedule for the fraction p of pixels changed per query:
-# (fraction of the query budget reached, divisor of p_init) pairs, after the
-# original schedule written for a 10,000-query budget.
-P_SCHEDULE = ((0.001, 1), (0.005, 2), (0.02, 4), (0.05, 8), (0.1, 16),
-              (0.2, 32), (0.4, 64), (0.6, 128), (0.8, 256), (1.0, 512))
+# AutoAttack's schedule of the fraction p of pixels changed per proposal, as
+# (last iteration, divisor) pairs: p = p_init / divisor up to and including
+# that iteration index (proposals counted from 0), p_init / P_LAST_DIVISOR
+# after the last one.
+P_SCHEDULE = ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32),
+              (4000, 64), (6000, 128), (8000, 256))
+P_LAST_DIVISOR = 512
 
 
 def attack_rng(seed):
@@ -32,40 +38,6 @@ def attack_rng(seed):
   Negative integer seeds (e.g. from `common.seeds`) are taken modulo 2**32.
   """
   return np.random.default_rng(None if seed is None else seed % 2**32)
-
-
-def query_logits(model_fn, x):
-  """Logits of `model_fn` on images `x` as float32 NumPy, in bounded chunks.
-
-  Args:
-    model_fn: images -> logits (may be random: each call a fresh draw).
-    x: float32 NumPy images, shape `(n, ...)`.
-
-  Returns:
-    float32 array of shape `(n, classes)`.
-  """
-  parts = []
-  for start in range(0, x.shape[0], QUERY_CHUNK):
-    chunk = tf.constant(x[start:start + QUERY_CHUNK], tf.float32)
-    parts.append(np.asarray(tf.cast(model_fn(chunk), tf.float32)))
-  return np.concatenate(parts, 0)
-
-
-def margins(logits, y):
-  """Per-example margin z_y − max_{j≠y} z_j; negative means misclassified.
-
-  Args:
-    logits: float array `(n, classes)`.
-    y: int array `(n,)`.
-
-  Returns:
-    float32 array `(n,)`.
-  """
-  rows = np.arange(logits.shape[0])
-  true = logits[rows, y]
-  others = logits.copy()
-  others[rows, y] = -np.inf
-  return (true - others.max(axis=1)).astype(np.float32)
 
 
 def prepare(model_fn, x, y, epsilon, value_range, seed):
@@ -87,17 +59,22 @@ def prepare(model_fn, x, y, epsilon, value_range, seed):
   estimators.reseed(model_fn, seed)
   x = np.array(x)
   if y is None:
-    return x, np.argmax(query_logits(model_fn, x), axis=1), value_range
+    labels = np.argmax(query_scores.query_logits(model_fn, x), axis=1)
+    return x, labels, value_range
   return x, np.array(y), value_range
 
 
-def p_fraction(p_init, query, queries):
-  """Fraction of pixels to change at `query` of `queries` (the p schedule)."""
-  progress = query / queries
+def p_fraction(p_init, iteration):
+  """Fraction of pixels to change at proposal `iteration` (from 0).
+
+  AutoAttack's Square schedule for its 10,000-query budget, not rescaled: at
+  a smaller budget the squares stay as large as they are at the start of a
+  full-length run.
+  """
   for limit, divisor in P_SCHEDULE:
-    if progress <= limit:
+    if iteration <= limit:
       return p_init / divisor
-  return p_init / P_SCHEDULE[-1][1]
+  return p_init / P_LAST_DIVISOR
 
 
 def stripes_init(x, epsilon, value_range, rng):
@@ -145,17 +122,23 @@ def square_proposal(x, x_best, epsilon, side, value_range, rng):
   return np.clip(proposal, x - epsilon, x + epsilon).astype(np.float32)
 
 
-def square(model_fn, x, y, epsilon=8 / 255, queries=1000, p_init=0.05,
-           value_range=(0.0, 1.0), seed=None):
+def square(model_fn, x, y, epsilon=8 / 255, queries=5000, p_init=0.8,
+           value_range=(0.0, 1.0), seed=None, query_draws=1):
   """Square Attack (L∞): score-based random search on the margin loss.
 
-  Starts from vertical ±epsilon stripes (one query), then for up to
-  `queries − 1` more queries per image proposes resetting one random square
-  window (side √(p·h·w), p following the original schedule from `p_init`) to
-  ±epsilon per channel and keeps the proposal when the margin z_y − max_{j≠y}
-  z_j drops. An image stops once its margin is negative. On a randomized
-  model every query is a fresh draw, so the kept margins are single-draw
-  estimates; the caller re-scores the result with fresh draws.
+  Starts from vertical ±epsilon stripes, then proposes, for each image still
+  to break, its best point with one random square window (side √(p·h·w), p
+  following `p_fraction` from `p_init`) reset to ±epsilon per channel, and
+  keeps the proposal when its score (the margin z_y − max_{j≠y} z_j averaged
+  over `query_draws` draws) is below the incumbent's stored score
+  (`query_scores.accept`). An image stops once broken: misclassified
+  (query_draws = 1), or misclassified on most of the proposal's draws and of
+  `query_draws` fresh draws.
+
+  Queries per image: scoring a point costs `query_draws`; with
+  `query_draws` > 1 an accepted point costs `query_draws` more (its fresh
+  re-score). An image stops proposing once the next proposal might exceed
+  `queries`, so it never spends more.
 
   Args:
     model_fn: NHWC float32 images -> logits; only its outputs are used.
@@ -163,9 +146,11 @@ def square(model_fn, x, y, epsilon=8 / 255, queries=1000, p_init=0.05,
     y: int labels `(batch,)`; None uses the model's predictions.
     epsilon: L∞ budget.
     queries: most model evaluations per image (the start included).
-    p_init: initial fraction of pixels changed per query, in (0, 1].
+    p_init: initial fraction of pixels changed per proposal, in (0, 1].
     value_range: `(low, high)` of valid pixel values.
     seed: integer seed of the random search; None draws one.
+    query_draws: M, draws of a random model averaged per score; 1 for a
+      deterministic model.
 
   Returns:
     float32 tf.Tensor of the shape of `x`, inside the ball and `value_range`.
@@ -175,10 +160,14 @@ def square(model_fn, x, y, epsilon=8 / 255, queries=1000, p_init=0.05,
     TypeError: for integer images.
 
   Example:
-    >>> x_adv = square(model, images, labels, epsilon=8/255, queries=5000, seed=0)
+    >>> x_adv = square(model, images, labels, epsilon=8/255, queries=5000,
+    ...                seed=0, query_draws=10)
   """
   x, y, value_range = prepare(model_fn, x, y, epsilon, value_range, seed)
-  common.check_number("queries", queries, minimum=1, integer=True)
+  query_scores.check_query_draws(query_draws)
+  # The most one proposal can cost: its score, then a fresh re-score.
+  cost = query_draws if query_draws == 1 else 2 * query_draws
+  common.check_number("queries", queries, minimum=cost, integer=True)
   common.check_number("p_init", p_init, minimum=0, strict=True)
   if p_init > 1:
     raise ValueError(f"`p_init` must be in (0, 1]. Received: p_init={p_init!r}")
@@ -188,20 +177,28 @@ def square(model_fn, x, y, epsilon=8 / 255, queries=1000, p_init=0.05,
   if epsilon == 0:
     return tf.constant(x)
   rng = attack_rng(seed)
-  x_best = stripes_init(x, epsilon, value_range, rng)
-  best = margins(query_logits(model_fn, x_best), y)
+  x_best, best = x.copy(), np.full(len(x), np.inf, np.float32)
+  start = stripes_init(x, epsilon, value_range, rng)
+  score, fooled = query_scores.draw_scores(model_fn, start, y, query_draws)
+  done, spent = query_scores.accept(model_fn, x_best, best, np.arange(len(x)),
+                                 start, score, fooled, y, query_draws)
+  used = query_draws + spent
   height, width = x.shape[1:3]
-  for query in range(1, queries):
-    active = np.flatnonzero(best >= 0)
+  iteration = 0
+  while True:
+    active = np.flatnonzero(~done & (used + cost <= queries))
     if active.size == 0:
       break
-    p = p_fraction(p_init, query, queries)
+    p = p_fraction(p_init, iteration)
     side = int(np.clip(round(np.sqrt(p * height * width)), 1,
                        max(min(height, width) - 1, 1)))
     proposal = square_proposal(x[active], x_best[active], epsilon, side,
                                value_range, rng)
-    loss = margins(query_logits(model_fn, proposal), y[active])
-    better = loss < best[active]
-    x_best[active[better]] = proposal[better]
-    best[active[better]] = loss[better]
+    score, fooled = query_scores.draw_scores(model_fn, proposal, y[active],
+                                          query_draws)
+    finished, spent = query_scores.accept(model_fn, x_best, best, active,
+                                       proposal, score, fooled, y, query_draws)
+    done[active] = finished
+    used[active] += query_draws + spent
+    iteration += 1
   return tf.constant(x_best)

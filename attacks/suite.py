@@ -15,9 +15,17 @@ family (`pgd`, `pgd_restarts`, `apgd_ce`, `apgd_dlr_t`), EOT is off (the model
 is deterministic) and attacks needing the transform are skipped.
 
 Every final adversarial image is scored with R fresh, seeded draws
-(`attacks.scoring`). The worst case is per example: an image counts as robust
-only if it is correct in every draw on its clean version and on the output of
-every attack run.
+(`attacks.scoring`), drawn independently for every attack run (their seed is
+derived from the run's seed and the attack's name). The worst case is per
+example: an image counts as robust only if it is correct in every draw on its
+clean version and on the output of every attack run. An attack that raises
+(with `keep_going`) makes the verdict INCOMPLETE; it never silently drops out.
+
+Budgets: `Budget()` is the reference budget for a randomized defense,
+AutoAttack's `rand` version (APGD 100 steps, EOT 20, 1 restart) and its Square
+(5,000 queries), scored with R = 20 draws on the 10,000 images of the CIFAR-10
+test split. `BUDGET_PRESETS` holds it and a cheap `smoke` preset; every run
+lists how it falls below the reference (`weaker_than_reference`).
 """
 
 import contextlib
@@ -43,33 +51,50 @@ from attacks import square
 from attacks import transfer
 
 __all__ = [
-    "AttackResult", "AttackSpec", "Budget", "PRESETS", "REGISTRY", "SuiteResult",
-    "Target", "count_passes", "plan", "planned", "rerun", "resolve_attacks",
-    "run_attack", "run_suite", "worst_case"
+    "AttackResult", "AttackSpec", "BUDGET_PRESETS", "Budget", "BudgetPreset",
+    "COMPLETE", "INCOMPLETE", "PRESETS", "REFERENCE_DRAWS", "REFERENCE_IMAGES",
+    "REGISTRY", "SuiteResult", "Target", "attack_seed", "count_passes", "plan",
+    "planned", "rerun", "resolve_attacks", "run_attack", "run_suite",
+    "scoring_seed", "weaker_than_reference", "worst_case"
 ]
 
 WHITE_BOX, TRANSFER, QUERY, REPARAM = (
     "white-box", "transfer", "query", "reparameterization")
+COMPLETE, INCOMPLETE = "COMPLETE", "INCOMPLETE"
+
+# The reference's scoring: R draws per final image, on the full CIFAR-10
+# test split.
+REFERENCE_DRAWS = scoring.DRAWS
+REFERENCE_IMAGES = 10_000
 
 
 @dataclasses.dataclass(frozen=True)
 class Budget:
   """The attacker's budget, shared by every attack of a run.
 
+  The defaults are the reference budget for a randomized defense: AutoAttack's
+  `rand` version (APGD-CE and APGD-DLR, 100 iterations, EOT 20, 1 restart)
+  and AutoAttack's Square (5,000 queries). `weaker_than_reference` lists how
+  another budget falls below it.
+
   Attributes:
     epsilon: L∞ radius (default 8/255 on [0, 1] images).
     steps: iterations of gradient attacks (SPSA steps too).
     restarts: random restarts of the attacks that take them.
-    eot_samples: draws of g averaged per gradient (EOT).
+    eot_samples: draws of g averaged per gradient (EOT); 1 is used on a
+      deterministic model.
     queries: model evaluations per image of query-based attacks.
+    query_draws: M, draws of the model averaged per query by the query
+      attacks on a randomized model; 1 is used on a deterministic model.
     chunk_size: most images per model call inside EOT (None: all at once).
     value_range: `(low, high)` of valid pixel values.
   """
   epsilon: float = 8 / 255
-  steps: int = 20
+  steps: int = 100
   restarts: int = 1
-  eot_samples: int = 1
-  queries: int = 1000
+  eot_samples: int = 20
+  queries: int = 5000
+  query_draws: int = 8
   chunk_size: object = None
   value_range: tuple = (0.0, 1.0)
 
@@ -80,7 +105,63 @@ class Budget:
                                 value_range=self.value_range,
                                 eot_samples=self.eot_samples)
     common.check_number("queries", self.queries, minimum=1, integer=True)
+    common.check_number("query_draws", self.query_draws, minimum=1,
+                        integer=True)
     return self
+
+
+@dataclasses.dataclass(frozen=True)
+class BudgetPreset:
+  """A named evaluation size: the attacker's budget, R and the image count.
+
+  Attributes:
+    budget: a `Budget`.
+    draws: R, draws of the model per scored image.
+    images: images attacked.
+  """
+  budget: Budget
+  draws: int
+  images: int
+
+
+BUDGET_PRESETS = {
+    "reference": BudgetPreset(Budget(), REFERENCE_DRAWS, REFERENCE_IMAGES),
+    # CI and the README demo: minutes on 2 CPU cores; flagged as weaker.
+    "smoke": BudgetPreset(
+        Budget(steps=5, eot_samples=2, queries=100, query_draws=2), draws=2,
+        images=20),
+}
+
+
+def weaker_than_reference(budget, fields, images, draws, defended):
+  """Each way a run's budget falls below the reference (`BUDGET_PRESETS`).
+
+  Args:
+    budget: the run's `Budget`.
+    fields: the `Budget` fields its attacks use (an unused field cannot make
+      the run weaker).
+    images: images attacked.
+    draws: R, draws per scored image.
+    defended: whether the model is randomized; EOT samples, query draws and
+      R do not matter for a deterministic model.
+
+  Returns:
+    A list of dicts `{"field", "used", "reference"}` in a fixed order, empty
+    for a run at reference strength.
+  """
+  reference = BUDGET_PRESETS["reference"]
+  used = {"images": images, "draws": draws}
+  wanted = {"images": reference.images, "draws": reference.draws}
+  for field in ("steps", "restarts", "eot_samples", "queries", "query_draws"):
+    if field in fields:
+      used[field] = getattr(budget, field)
+      wanted[field] = getattr(reference.budget, field)
+  random_only = ("eot_samples", "query_draws", "draws")
+  return [{"field": field, "used": used[field], "reference": wanted[field]}
+          for field in ("steps", "restarts", "eot_samples", "queries",
+                        "query_draws", "images", "draws")
+          if field in used and used[field] < wanted[field] and
+          (defended or field not in random_only)]
 
 
 class Target:
@@ -205,59 +286,84 @@ def _transfer_build(source):
   return build
 
 
+def _query_draws(target, budget):
+  """Query draws M: the budget's on a defended model, 1 on a deterministic one."""
+  return budget.query_draws if target.defended else 1
+
+
 def _square_build(target, x, y, budget, seed):
   return square.square(
       target.forward_fn(), x, y, epsilon=budget.epsilon, queries=budget.queries,
-      value_range=budget.value_range, seed=seed)
+      value_range=budget.value_range, seed=seed,
+      query_draws=_query_draws(target, budget))
 
 
-def spsa_samples(budget):
-  """SPSA evaluations per step so that 1 + steps * (samples + 1) <= queries."""
-  samples = (budget.queries - 1) // budget.steps - 1
+def spsa_samples(budget, query_draws=1):
+  """SPSA evaluations per step so that its queries fit `budget.queries`.
+
+  SPSA spends steps * samples on gradients and (1 + steps) * M on scores,
+  doubled for M > 1 (fresh re-scores), M = `query_draws`.
+  """
+  scores = (1 + budget.steps) * query_draws * (1 if query_draws == 1 else 2)
+  samples = (budget.queries - scores) // budget.steps
   return max(2, samples - samples % 2)
 
 
 def _spsa_build(target, x, y, budget, seed):
+  draws = _query_draws(target, budget)
   return spsa.spsa(
       target.forward_fn(), x, y, epsilon=budget.epsilon, steps=budget.steps,
-      samples=spsa_samples(budget), value_range=budget.value_range, seed=seed)
+      samples=spsa_samples(budget, draws), value_range=budget.value_range,
+      seed=seed, query_draws=draws)
 
 
 # HopSkipJump's cost per iteration t: about initial_evals * sqrt(t) decisions
-# for the gradient estimate plus this many for the boundary and step searches.
+# for the gradient estimate plus this many for the boundary and step searches
+# (each of those M queries on a randomized model).
 HSJ_SEARCH_QUERIES = 25
 HSJ_INITIAL_EVALS = 100
 GENATTACK_POPULATION = 6
 
 
-def hsj_iterations(budget):
+def hsj_iterations(budget, query_draws=1):
   """The most HopSkipJump iterations whose estimated cost fits `queries`."""
   spent, iterations = 0.0, 0
   while True:
-    cost = HSJ_INITIAL_EVALS * np.sqrt(iterations + 1) + HSJ_SEARCH_QUERIES
+    cost = (HSJ_INITIAL_EVALS * np.sqrt(iterations + 1) +
+            HSJ_SEARCH_QUERIES * query_draws)
     if spent + cost > budget.queries:
       return max(1, iterations)
     spent += cost
     iterations += 1
 
 
-def genattack_generations(budget):
-  """GenAttack generations so that population * generations <= queries."""
-  return max(1, budget.queries // GENATTACK_POPULATION)
+def genattack_generations(budget, query_draws=1):
+  """GenAttack generations whose queries fit `budget.queries`.
+
+  A generation costs population queries, (population + 1) * M for M =
+  `query_draws` > 1 (the elite confirmed on fresh draws).
+  """
+  per_generation = (GENATTACK_POPULATION if query_draws == 1 else
+                    (GENATTACK_POPULATION + 1) * query_draws)
+  return max(1, budget.queries // per_generation)
 
 
 def _hop_skip_jump_build(target, x, y, budget, seed):
+  draws = _query_draws(target, budget)
   return hopskipjump.hop_skip_jump(
       target.forward_fn(), x, y, epsilon=budget.epsilon,
-      iterations=hsj_iterations(budget), initial_evals=HSJ_INITIAL_EVALS,
-      value_range=budget.value_range, seed=seed)
+      iterations=hsj_iterations(budget, draws),
+      initial_evals=HSJ_INITIAL_EVALS, value_range=budget.value_range,
+      seed=seed, query_draws=draws)
 
 
 def _gen_attack_build(target, x, y, budget, seed):
+  draws = _query_draws(target, budget)
   return genattack.gen_attack(
       target.forward_fn(), x, y, epsilon=budget.epsilon,
-      population=GENATTACK_POPULATION, generations=genattack_generations(budget),
-      value_range=budget.value_range, seed=seed)
+      population=GENATTACK_POPULATION,
+      generations=genattack_generations(budget, draws),
+      value_range=budget.value_range, seed=seed, query_draws=draws)
 
 
 def _reparam_build(target, x, y, budget, seed):
@@ -274,6 +380,7 @@ def _reparam_build(target, x, y, budget, seed):
 
 _GRADIENT_FIELDS = ("epsilon", "steps", "restarts", "eot_samples")
 _TRANSFER_FIELDS = ("epsilon", "steps", "restarts")
+_QUERY_FIELDS = ("epsilon", "queries", "query_draws")
 
 
 def _specs():
@@ -329,15 +436,15 @@ def _specs():
                  _TRANSFER_FIELDS, _transfer_build("surrogate"),
                  needs_surrogate=True),
       AttackSpec("square", "Square Attack (score-based random search)", QUERY,
-                 ("epsilon", "queries"), _square_build),
+                 _QUERY_FIELDS, _square_build),
       AttackSpec("spsa", "SPSA gradient-free Adam on the margin", QUERY,
-                 ("epsilon", "steps", "queries"), _spsa_build),
+                 ("epsilon", "steps", "queries", "query_draws"), _spsa_build),
       AttackSpec("hop_skip_jump", "HopSkipJump (decision-based), foolbox "
                  "defaults, iterations fitted to the query budget", QUERY,
-                 ("epsilon", "queries"), _hop_skip_jump_build),
+                 _QUERY_FIELDS, _hop_skip_jump_build),
       AttackSpec("gen_attack", "GenAttack (genetic), population 6, "
-                 "generations = queries / 6", QUERY, ("epsilon", "queries"),
-                 _gen_attack_build),
+                 "generations fitted to the query budget", QUERY,
+                 _QUERY_FIELDS, _gen_attack_build),
       AttackSpec("reparam", "PGD on f_a(h(.)), h a conv net trained to mimic g",
                  REPARAM, _TRANSFER_FIELDS, _reparam_build,
                  needs_transform=True),
@@ -471,7 +578,8 @@ class AttackResult:
     f_b_passes: forward image passes of f_b while crafting (counted).
     model_passes: forward image passes of the whole model while crafting.
     x_adv: the final adversarial images (NumPy), or None once dropped.
-    seed: the attack's seed.
+    seed: the attack's seed (its scoring draws have their own,
+      `score.seed`).
   """
   name: str
   kind: str
@@ -506,17 +614,30 @@ def attack_seed(seed, name):
   return (seed * 1000003 + zlib.crc32(name.encode())) % (2**31 - 1)
 
 
+def scoring_seed(seed, name):
+  """The seed of the draws scoring attack `name`'s images ("clean": clean ones).
+
+  Derived from the run's seed and the name, and distinct from the attack's
+  own seed (whose draws the attack saw while crafting), so every attack run
+  is scored with its own independent draws and a rerun repeats them.
+  """
+  return attack_seed(seed, f"{name}/scoring")
+
+
 def budget_record(spec, target, budget):
   """The budget fields an attack used, as recorded beside its figures."""
   record = {field: getattr(budget, field) for field in spec.fields}
   if "eot_samples" in record and spec.kind == WHITE_BOX:
     record["eot_samples"] = _eot(target, budget)
+  draws = _query_draws(target, budget)
+  if "query_draws" in record:
+    record["query_draws"] = draws
   if spec.name == "spsa":
-    record["samples"] = spsa_samples(budget)
+    record["samples"] = spsa_samples(budget, draws)
   if spec.name == "hop_skip_jump":
-    record["iterations"] = hsj_iterations(budget)
+    record["iterations"] = hsj_iterations(budget, draws)
   if spec.name == "gen_attack":
-    record["generations"] = genattack_generations(budget)
+    record["generations"] = genattack_generations(budget, draws)
   if spec.name == "reparam":
     record["h_training"] = "attacks.reparam.train_reparameterization defaults"
   if spec.estimator and target.defended:
@@ -538,7 +659,8 @@ def check_adversarial(x_adv, x, budget, name):
   return x_adv
 
 
-def run_attack(target, name, spec, x, y, budget, seed=0, draws=5):
+def run_attack(target, name, spec, x, y, budget, seed=0,
+               draws=REFERENCE_DRAWS):
   """Runs one attack, counts its cost and scores its images.
 
   Args:
@@ -548,7 +670,8 @@ def run_attack(target, name, spec, x, y, budget, seed=0, draws=5):
     x: float32 images (NumPy).
     y: int labels (NumPy).
     budget: a `Budget`.
-    seed: the run's seed (the attack's own is derived from it and `name`).
+    seed: the run's seed (the attack's own seed and its scoring seed are
+      derived from it and `name`).
     draws: R, draws of the model per scored image.
 
   Returns:
@@ -566,7 +689,8 @@ def run_attack(target, name, spec, x, y, budget, seed=0, draws=5):
   return AttackResult(
       name=name, kind=spec.kind, description=spec.description,
       budget=budget_record(spec, target, budget),
-      score=scoring.score(target.model, x_adv, y, draws=draws, seed=seed),
+      score=scoring.score(target.model, x_adv, y, draws=draws,
+                          seed=scoring_seed(seed, name)),
       elapsed_s=elapsed, f_b_passes=int(counters["f_b"].numpy()),
       model_passes=int(counters["model"].numpy()), x_adv=x_adv, seed=own_seed)
 
@@ -584,9 +708,13 @@ def worst_case(clean, results, kinds=None):
     kinds: restrict to attacks of these kinds (None: all).
 
   Returns:
-    dict with `strict_accuracy`, `mean_accuracy`, `robust` (bool array),
-    `strongest` (name of the attack with the lowest own strict accuracy, ties
-    broken by the mean; None without attacks) and `attacks` (names included).
+    dict with `strict_accuracy` and `mean_accuracy`, their 95%
+    Clopper-Pearson intervals `strict_accuracy_ci95` and `mean_accuracy_ci95`
+    (over images, as `scoring.Score`), `robust` (bool array),
+    `per_example_success` (float array: per image, the highest fraction of
+    draws misclassifying it over the clean images and every run), `strongest`
+    (name of the attack with the lowest own strict accuracy, ties broken by
+    the mean; None without attacks) and `attacks` (names included).
   """
   chosen = [r for r in results if kinds is None or r.kind in kinds]
   robust = clean.robust.copy()
@@ -596,10 +724,16 @@ def worst_case(clean, results, kinds=None):
     per_example = np.minimum(per_example, result.score.per_example_mean)
   strongest = min(chosen, key=lambda r: (r.score.strict_accuracy,
                                          r.score.mean_accuracy), default=None)
+  mean = float(np.mean(per_example)) if per_example.size else 0.0
   return {
       "strict_accuracy": float(np.mean(robust)) if robust.size else 0.0,
-      "mean_accuracy": float(np.mean(per_example)) if per_example.size else 0.0,
+      "strict_accuracy_ci95": scoring.clopper_pearson(int(np.sum(robust)),
+                                                      robust.size),
+      "mean_accuracy": mean,
+      "mean_accuracy_ci95": scoring.clopper_pearson(mean * robust.size,
+                                                    robust.size),
       "robust": robust,
+      "per_example_success": 1.0 - per_example,
       "strongest": strongest.name if strongest else None,
       "attacks": [r.name for r in chosen],
   }
@@ -613,14 +747,18 @@ class SuiteResult:
     clean: `scoring.Score` of the clean images.
     results: list of `AttackResult`.
     skipped: dict attack name -> reason.
-    failed: dict attack name -> error, attacks that raised (`keep_going`).
-    worst: `worst_case` over all attacks.
+    failed: dict attack name -> error, attacks that raised (`keep_going`);
+      any makes the verdict INCOMPLETE.
+    worst: `worst_case` over the attacks that ran (an upper bound only when
+      the verdict is INCOMPLETE).
     worst_white_box: `worst_case` over white-box attacks only (the paper's
       "Ours (under BPDA)" row).
     budget: the `Budget`.
     seed: the run's seed.
     draws: R.
     defended: whether the model contains an `AdversarialTransform`.
+    weaker_than_reference: `weaker_than_reference` of the run (empty: at
+      reference strength).
   """
   clean: scoring.Score
   results: list
@@ -632,10 +770,16 @@ class SuiteResult:
   seed: object
   draws: int
   defended: bool
+  weaker_than_reference: list
+
+  @property
+  def verdict(self):
+    """COMPLETE if every planned attack ran, INCOMPLETE if any raised."""
+    return INCOMPLETE if self.failed else COMPLETE
 
 
-def run_suite(target, x, y, attacks, budget=Budget(), seed=0, draws=5,
-              progress=None, keep_going=False):
+def run_suite(target, x, y, attacks, budget=Budget(), seed=0,
+              draws=REFERENCE_DRAWS, progress=None, keep_going=False):
   """Runs attacks on one set of images and aggregates the worst case.
 
   Args:
@@ -644,12 +788,13 @@ def run_suite(target, x, y, attacks, budget=Budget(), seed=0, draws=5,
     y: int labels.
     attacks: attack or preset names (see `resolve_attacks`).
     budget: a `Budget`.
-    seed: integer seed of the attacks and of the scoring draws.
-    draws: R, draws of the model per scored image (>= 1; 5 or more advised).
+    seed: integer seed of the attacks and of the scoring draws (each run's
+      are derived from it and the attack's name).
+    draws: R, draws of the model per scored image (>= 1; the reference is 20).
     progress: optional callable `(AttackResult) -> None`, called after each
       attack (e.g. to advance a tqdm bar).
     keep_going: record an attack that raises in `SuiteResult.failed` and go
-      on (the sanity checks flag it) instead of raising.
+      on (the verdict is then INCOMPLETE) instead of raising.
 
   Returns:
     A `SuiteResult`.
@@ -663,7 +808,8 @@ def run_suite(target, x, y, attacks, budget=Budget(), seed=0, draws=5,
   x, _ = common.check_images_labels(x, y, budget.value_range)
   x = x.numpy()
   runs, skipped = plan(target, resolve_attacks(attacks))
-  clean = scoring.score(target.model, x, y, draws=draws, seed=seed)
+  clean = scoring.score(target.model, x, y, draws=draws,
+                        seed=scoring_seed(seed, "clean"))
   results = []
   failed = {}
   for name, spec in runs:
@@ -680,10 +826,14 @@ def run_suite(target, x, y, attacks, budget=Budget(), seed=0, draws=5,
       clean=clean, results=results, skipped=skipped, failed=failed,
       worst=worst_case(clean, results),
       worst_white_box=worst_case(clean, results, kinds=(WHITE_BOX,)),
-      budget=budget, seed=seed, draws=draws, defended=target.defended)
+      budget=budget, seed=seed, draws=draws, defended=target.defended,
+      weaker_than_reference=weaker_than_reference(
+          budget, {field for _, spec in runs for field in spec.fields},
+          len(x), draws, target.defended))
 
 
-def rerun(target, name, x, y, budget, seed=0, draws=5, **changes):
+def rerun(target, name, x, y, budget, seed=0, draws=REFERENCE_DRAWS,
+          **changes):
   """Runs one planned attack by name, with some budget fields changed.
 
   Used for sweeps (accuracy vs epsilon, vs EOT samples) and the convergence
@@ -696,7 +846,8 @@ def rerun(target, name, x, y, budget, seed=0, draws=5, **changes):
     x: images.
     y: their labels.
     budget: the base `Budget`.
-    seed: the run's seed.
+    seed: the run's seed (the same scoring draws as the suite's run of
+      `name`, so the two figures compare like for like).
     draws: R.
     **changes: `Budget` fields to replace.
 

@@ -7,75 +7,111 @@ writes report.json, report.md and PNG plots into --report_dir. For a model
 containing `AdversarialTransform` the white-box attacks go through BPDA,
 BPDA-I and EOT; for a plain classifier they run on the model directly.
 
+The budget defaults to the reference (`--budget=reference`, see
+`attacks.suite.BUDGET_PRESETS`): AutoAttack's `rand` version (100 steps, EOT 20,
+1 restart), Square with 5,000 queries, 8 draws per query, R = 20 scoring draws,
+the 10,000 test images. `--budget=smoke` is the cheap CI and demo size; any of
+--steps, --eot_samples, --restarts, --queries, --query_draws, --draws and
+--num_examples overrides its preset. Every report opens with each way its
+budget falls below the reference.
+
+An attack that raises makes the verdict INCOMPLETE: the other attacks still
+run and the report is written, then the program exits with status 1 unless
+--keep_going is given.
+
 Example (after `python examples/train_cifar10.py --preset=smoke`):
 
   python examples/attack_eval.py --model=runs/smoke/defended.keras \
-      --attacks=adaptive --num_examples=100 --steps=20 --eot_samples=4
+      --attacks=adaptive --budget=smoke --num_examples=100 --steps=20
 
-Prints the table (like the paper's Table 3), the sanity flags and the
-worst-case robust accuracy.
+Prints the verdict, the budget against the reference, the table (like the
+paper's Table 3) with 95% intervals, the sanity flags and the worst-case robust
+accuracy.
 """
 
+import dataclasses
 import os
 
 # oneDNN kernels roughly double conv speed on this project's CPUs (AVX2, no
 # AVX-512), where TensorFlow leaves them off by default; set before TF loads.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
+import sys
 import time
 
 from absl import app
 from absl import flags
 import keras
-import numpy as np
 import tqdm
 
 import adv_layer  # Registers AdversarialTransform for load_model.
 from adv_layer import data
+from attacks import common
 from attacks import report
 from attacks import sanity
 from attacks import suite
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", None, "The .keras model to attack (logits out).")
-flags.DEFINE_string("surrogate", None,
-                    "Optional .keras model trained independently, the source "
-                    "of the black-box transfer attack.")
-flags.DEFINE_list("attacks", ["adaptive"],
-                  "Attack names and/or presets: " + ", ".join(suite.PRESETS) +
-                  "; attacks: " + ", ".join(suite.REGISTRY))
-flags.DEFINE_string("epsilon", "8/255",
-                    "L-inf budget on [0, 1] images, a number or a fraction.")
-flags.DEFINE_integer("num_examples", 100, "Attack the first N test images.")
-flags.DEFINE_integer("eot_samples", 8, "Draws of g averaged per gradient.")
-flags.DEFINE_integer("steps", 20, "Iterations of gradient attacks.")
-flags.DEFINE_integer("restarts", 1, "Random restarts of the attacks that take them.")
-flags.DEFINE_integer("queries", 1000, "Queries per image of query-based attacks.")
-flags.DEFINE_integer("draws", 5, "Draws of the model scoring each image.")
-flags.DEFINE_integer("seed", 0, "Seed of the attacks and the scoring draws.")
-flags.DEFINE_string("report_dir", "runs/attack_eval", "Output folder.")
-flags.DEFINE_string("dataset", "cifar10", "tfds image classification dataset.")
-flags.DEFINE_string("split", "test", "tfds split the images come from.")
-flags.DEFINE_string("data_dir", None,
-                    "tfds data directory (default: $TFDS_DATA_DIR, else "
-                    "~/tensorflow_datasets).")
-flags.DEFINE_string("data_name", None,
-                    "Name of the data in the report (default: 'CIFAR-10 (JPEG "
-                    "copy)' for cifar10, else --dataset).")
-flags.DEFINE_integer("reparam_images", 512,
-                     "Training images for the reparameterization attack's h.")
-flags.DEFINE_list("eot_curve", ["1", "2", "4", "8"],
-                  "EOT samples of the accuracy-vs-EOT plot (BPDA-I+EOT PGD; "
-                  "defended models only; empty: no plot).")
-flags.DEFINE_integer("grid_images", 4, "Rows of the x / g(x) / E[g(x)] grid.")
-flags.DEFINE_integer("grid_samples", 32, "Draws averaged for E[g(x)].")
-flags.DEFINE_bool("convergence", True,
-                  "Rerun the strongest white-box attack with 2x steps and "
-                  "2x restarts (the convergence sanity check).")
-flags.DEFINE_bool("keep_going", True,
-                  "Record an attack that raises as failed (flagged in the "
-                  "report) and run the others.")
-flags.mark_flag_as_required("model")
+OVERRIDES = ("steps", "restarts", "eot_samples", "queries", "query_draws",
+             "draws", "num_examples")
+
+
+def define_flags():
+  """Defines the program's flags (called before `app.run`)."""
+  flags.DEFINE_string("model", None, "The .keras model to attack (logits out).")
+  flags.DEFINE_string("surrogate", None,
+                      "Optional .keras model trained independently, the source "
+                      "of the black-box transfer attack.")
+  flags.DEFINE_list("attacks", ["adaptive"],
+                    "Attack names and/or presets: " + ", ".join(suite.PRESETS) +
+                    "; attacks: " + ", ".join(suite.REGISTRY))
+  flags.DEFINE_string("epsilon", "8/255",
+                      "L-inf budget on [0, 1] images, a number or a fraction.")
+  flags.DEFINE_enum("budget", "reference", list(suite.BUDGET_PRESETS),
+                    "Budget preset; the flags below override its fields.")
+  flags.DEFINE_integer("num_examples", None, "Attack the first N test images "
+                       "(default: the preset's).")
+  flags.DEFINE_integer("eot_samples", None, "Draws of g averaged per gradient "
+                       "(default: the preset's).")
+  flags.DEFINE_integer("steps", None, "Iterations of gradient attacks "
+                       "(default: the preset's).")
+  flags.DEFINE_integer("restarts", None, "Random restarts of the attacks that "
+                       "take them (default: the preset's).")
+  flags.DEFINE_integer("queries", None, "Queries per image of query-based "
+                       "attacks (default: the preset's).")
+  flags.DEFINE_integer("query_draws", None, "Draws of the model averaged per "
+                       "query by query attacks (default: the preset's).")
+  flags.DEFINE_integer("draws", None, "Draws of the model scoring each image "
+                       "(default: the preset's).")
+  flags.DEFINE_integer("seed", 0, "Seed of the attacks and the scoring draws.")
+  flags.DEFINE_string("report_dir", "runs/attack_eval", "Output folder.")
+  flags.DEFINE_string("dataset", "cifar10",
+                      "tfds image classification dataset.")
+  flags.DEFINE_string("split", "test", "tfds split the images come from.")
+  flags.DEFINE_string("data_dir", None,
+                      "tfds data directory (default: $TFDS_DATA_DIR, else "
+                      "~/tensorflow_datasets).")
+  flags.DEFINE_string("data_name", None,
+                      "Name of the data in the report (default: 'CIFAR-10 "
+                      "(JPEG copy)' for cifar10, else --dataset).")
+  flags.DEFINE_integer("reparam_images", 512,
+                       "Training images for the reparameterization attack's h.")
+  flags.DEFINE_list("eot_curve", ["1", "2", "4", "8"],
+                    "EOT samples of the accuracy-vs-EOT plot (the strongest "
+                    "EOT attack of the run; defended models only; empty: no "
+                    "plot).")
+  flags.DEFINE_integer("grid_images", 4, "Rows of the x / g(x) / E[g(x)] grid.")
+  flags.DEFINE_integer("grid_samples", 32, "Draws averaged for E[g(x)].")
+  flags.DEFINE_bool("convergence", True,
+                    "Rerun the strongest white-box attack with 2x steps, 2x "
+                    "restarts and (defended models) 2x EOT samples (the "
+                    "convergence sanity checks).")
+  flags.DEFINE_bool("keep_going", False,
+                    "Exit with status 0 even if an attack raised. Either way "
+                    "the other attacks run and the report (verdict "
+                    "INCOMPLETE) is written; without this flag the exit status "
+                    "is then 1.")
+  flags.mark_flag_as_required("model")
 
 
 def parse_epsilon(text):
@@ -94,6 +130,44 @@ def parse_epsilon(text):
                      f"Received: epsilon={text!r}") from error
 
 
+def make_budget(preset_name, epsilon, overrides):
+  """The `Budget`, R and image count: a preset, some fields overridden.
+
+  Args:
+    preset_name: a key of `suite.BUDGET_PRESETS`.
+    epsilon: the L∞ radius.
+    overrides: dict of `OVERRIDES` names -> value, None keeping the preset's.
+
+  Returns:
+    `(budget, draws, images)`.
+
+  Raises:
+    ValueError: for an unknown preset or a bad value, naming it.
+  """
+  if preset_name not in suite.BUDGET_PRESETS:
+    raise ValueError(f"Unknown budget preset; known: "
+                     f"{sorted(suite.BUDGET_PRESETS)}. Received: "
+                     f"budget={preset_name!r}")
+  preset = suite.BUDGET_PRESETS[preset_name]
+  given = {k: v for k, v in overrides.items() if v is not None}
+  draws = given.pop("draws", preset.draws)
+  images = given.pop("num_examples", preset.images)
+  common.check_number("draws", draws, minimum=1, integer=True)
+  common.check_number("num_examples", images, minimum=1, integer=True)
+  budget = dataclasses.replace(preset.budget, epsilon=epsilon, **given)
+  return budget.validate(), draws, images
+
+
+def exit_status(suite_result, keep_going):
+  """1 if an attack raised (verdict INCOMPLETE) and not `keep_going`, else 0."""
+  if suite_result.failed and not keep_going:
+    print(f"Verdict {suite.INCOMPLETE}: attacks raised "
+          f"({', '.join(sorted(suite_result.failed))}); exit status 1 "
+          "(--keep_going to exit 0).", file=sys.stderr)
+    return 1
+  return 0
+
+
 def load_images(split, count):
   """The first `count` images of `split` as float32 [0, 1] arrays."""
   return data.load_arrays(FLAGS.dataset, f"{split}[:{count}]",
@@ -106,17 +180,24 @@ def data_name():
   return "CIFAR-10 (JPEG copy)" if FLAGS.dataset == "cifar10" else FLAGS.dataset
 
 
-def eot_curve(target, x, y, budget):
-  """Accuracy of BPDA-I+EOT PGD against EOT samples (paper Fig. 7)."""
+def eot_curve(target, suite_result, x, y):
+  """Accuracy of the strongest EOT attack against EOT samples (paper Fig. 7).
+
+  Returns:
+    `(attack name, dict EOT samples -> mean accuracy)`, or `(None, None)` on
+    a deterministic model, without an EOT attack or with an empty
+    --eot_curve.
+  """
   samples = [int(k) for k in FLAGS.eot_curve]
-  if not target.defended or not samples:
-    return None
+  reference = sanity.reference_attack(suite_result, field="eot_samples")
+  if not target.defended or not samples or reference is None:
+    return None, None
   curve = {}
-  for k in tqdm.tqdm(samples, desc="accuracy vs EOT samples"):
-    result = suite.rerun(target, "bpda_identity_eot", x, y, budget, FLAGS.seed,
-                         FLAGS.draws, eot_samples=k)
+  for k in tqdm.tqdm(samples, desc=f"{reference.name}: accuracy vs EOT"):
+    result = suite.rerun(target, reference.name, x, y, suite_result.budget,
+                         suite_result.seed, suite_result.draws, eot_samples=k)
     curve[k] = result.score.mean_accuracy
-  return curve
+  return reference.name, curve
 
 
 def transform_grid(target, suite_result, x):
@@ -140,13 +221,12 @@ def transform_grid(target, suite_result, x):
 def main(argv):
   del argv
   start = time.perf_counter()
-  budget = suite.Budget(
-      epsilon=parse_epsilon(FLAGS.epsilon), steps=FLAGS.steps,
-      restarts=FLAGS.restarts, eot_samples=FLAGS.eot_samples,
-      queries=FLAGS.queries).validate()
+  budget, draws, num_examples = make_budget(
+      FLAGS.budget, parse_epsilon(FLAGS.epsilon),
+      {name: getattr(FLAGS, name) for name in OVERRIDES})
   model = keras.saving.load_model(FLAGS.model)
   surrogate = keras.saving.load_model(FLAGS.surrogate) if FLAGS.surrogate else None
-  x, y = load_images(FLAGS.split, FLAGS.num_examples)
+  x, y = load_images(FLAGS.split, num_examples)
   names = suite.resolve_attacks(FLAGS.attacks)
   train_images = None
   if "reparam" in names and adv_layer.find_transforms(model):
@@ -160,18 +240,19 @@ def main(argv):
       bar.update(1)
 
     suite_result = suite.run_suite(target, x, y, names, budget, seed=FLAGS.seed,
-                                   draws=FLAGS.draws, progress=progress,
-                                   keep_going=FLAGS.keep_going)
+                                   draws=draws, progress=progress,
+                                   keep_going=True)
   print("Sanity checks (extra attack runs) ...")
   checks, extras = sanity.run_checks(target, suite_result, x, y,
                                      convergence=FLAGS.convergence)
-  curve = eot_curve(target, x, y, budget)
+  eot_attack, curve = eot_curve(target, suite_result, x, y)
   if curve:
-    extras["eot_attack"] = "bpda_identity_eot"
+    extras["eot_attack"] = eot_attack
   meta = {
       "data": data_name(), "dataset": FLAGS.dataset,
-      "split": f"{FLAGS.split}[:{FLAGS.num_examples}]", "model": FLAGS.model,
+      "split": f"{FLAGS.split}[:{num_examples}]", "model": FLAGS.model,
       "surrogate": FLAGS.surrogate, "attacks_requested": FLAGS.attacks,
+      "budget_preset": FLAGS.budget,
       "elapsed_s": time.perf_counter() - start,
   }
   paths = report.write_report(FLAGS.report_dir, suite_result, checks, extras,
@@ -179,13 +260,19 @@ def main(argv):
                               eot_curve=curve)
   print(report.print_summary(paths["json"]))
   worst = suite_result.worst
+  low, high = worst["strict_accuracy_ci95"]
   print(f"\nWorst-case robust accuracy: {100 * worst['strict_accuracy']:.1f}% "
-        f"(strict over {FLAGS.draws} draws, {len(x)} images of {data_name()}, "
-        f"eps={budget.epsilon * 255:.4g}/255), strongest attack: "
-        f"{worst['strongest']}")
+        f"[95% CI {100 * low:.1f}, {100 * high:.1f}] (strict over {draws} "
+        f"draws, {len(x)} images of {data_name()}, eps="
+        f"{budget.epsilon * 255:.4g}/255), strongest attack: "
+        f"{worst['strongest']}"
+        f"{'' if suite_result.weaker_than_reference else ', reference budget'}"
+        f"; verdict {suite_result.verdict}")
   print(f"Report: {os.path.abspath(paths['md'])} "
         f"({time.perf_counter() - start:.1f} s)")
+  return exit_status(suite_result, FLAGS.keep_going)
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

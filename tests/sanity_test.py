@@ -55,6 +55,22 @@ class PureChecksTest(tf.test.TestCase):
     self.assertEqual(flag.status, "ok")
     self.assertEqual(sanity.check_robust_le_clean(0.5, {}).status, "not run")
 
+  def test_slack_is_named_in_the_message(self):
+    flag = sanity.check_robust_le_clean(0.5, {"a": 0.55}, tolerance=0.1)
+    self.assertEqual(flag.status, "ok")
+    self.assertEqual(flag.message, "every attack <= clean accuracy 0.5000 "
+                     "(slack 0.1000 for draw noise)")
+    self.assertTrue(sanity.check_robust_le_clean(0.5, {"a": 0.65},
+                                                 tolerance=0.1).tripped)
+
+  def test_draw_noise(self):
+    # Per image p = 1/2, 1, 0 over R = 2 draws: sum p (1 - p) = 1/4, so
+    # 2 sqrt(2 * (1/4) / 2) / 3 = 1/3.
+    score = scoring.score_labels([[0, 0, 1], [1, 0, 1]], [0, 0, 0])
+    self.assertAllClose(sanity.draw_noise(score), 1 / 3)
+    deterministic = scoring.score_labels([[0, 1], [0, 1]], [0, 0])
+    self.assertEqual(sanity.draw_noise(deterministic), 0.0)
+
   def test_monotone_epsilon(self):
     rising = {2 / 255: 0.5, 4 / 255: 0.4, 8 / 255: 0.45, 16 / 255: 0.1}
     self.assertTrue(sanity.check_monotone_epsilon(rising).tripped)
@@ -92,6 +108,18 @@ class PureChecksTest(tf.test.TestCase):
     self.assertEqual(sanity.check_convergence(None, None, "restarts").name,
                      "converged-in-restarts")
 
+  def test_eot_gradients(self):
+    noisy = {"samples": 4, "relative_variance": [2.0, 5.0],
+             "cosine": [0.5, 0.2]}
+    flag = sanity.check_eot_gradients(noisy)
+    self.assertTrue(flag.tripped)
+    self.assertIn("up to 1.250", flag.message)
+    quiet = dict(noisy, relative_variance=[2.0, 4.0])
+    self.assertEqual(sanity.check_eot_gradients(quiet).status, "ok")
+    zero = dict(noisy, relative_variance=[None], cosine=[None])
+    self.assertTrue(sanity.check_eot_gradients(zero).tripped)
+    self.assertEqual(sanity.check_eot_gradients(None).status, "not run")
+
   def test_format_flags_prints_every_status(self):
     text = sanity.format_flags([sanity.Flag("a", "ok", "m1"),
                                 sanity.Flag("b", "FLAG", "m2")])
@@ -117,6 +145,60 @@ class GradientStatsTest(tf.test.TestCase):
     x = np.zeros((2, 4, 4, 1), np.float32)  # d sqrt / dx = inf at 0.
     stats = sanity.gradient_stats(model, x, np.array([0, 1]))
     self.assertEqual(stats["nonfinite"], 32)
+
+
+def scaled_draws_fn(scales):
+  """A 'random' model: copy k of a K-tiled batch has logits [c_k w.x, 0].
+
+  The CE gradient for label 1 is then sigmoid(c_k w.x) c_k w: every draw's
+  gradient is parallel to w, with length set by c_k.
+  """
+  w = np.linspace(-1.0, 1.0, 16).astype(np.float32)
+
+  def model_fn(images):
+    flat = tf.reshape(images, [tf.shape(images)[0], -1])
+    count = tf.shape(images)[0] // len(scales)
+    c = tf.repeat(tf.constant(scales, tf.float32), count)
+    logit = c * tf.linalg.matvec(flat, tf.constant(w))
+    return tf.stack([logit, tf.zeros_like(logit)], axis=-1)
+
+  return model_fn, w
+
+
+class EotGradientDiagnosticsTest(tf.test.TestCase):
+
+  def test_parallel_draws_have_cosine_one_and_exact_spread(self):
+    model_fn, w = scaled_draws_fn([1.0, 2.0, 4.0])
+    x = np.full((2, 4, 4, 1), 0.5, np.float32)
+    out = sanity.eot_gradient_diagnostics(model_fn, x, np.ones(2, np.int32),
+                                          samples=3, steps=0)
+    a = 0.5 * np.sum(w)  # w.x at x = 0.5.
+    lengths = np.array([c / (1 + np.exp(-c * a)) for c in (1.0, 2.0, 4.0)])
+    expected = np.mean((lengths - lengths.mean()) ** 2) / lengths.mean() ** 2
+    self.assertAllClose(out["cosine"], [1.0], atol=1e-6)
+    self.assertAllClose(out["relative_variance"], [expected], rtol=1e-4)
+    self.assertEqual((out["samples"], out["steps"], out["images"]), (3, 0, 2))
+
+  def test_deterministic_model_has_no_spread(self):
+    out = sanity.eot_gradient_diagnostics(
+        mean_classifier(), near_boundary_images()[0],
+        near_boundary_images()[1], samples=2, steps=2, epsilon=EPSILON)
+    self.assertLen(out["cosine"], 3)
+    self.assertAllClose(out["cosine"], [1.0] * 3, atol=1e-6)
+    self.assertAllClose(out["relative_variance"], [0.0] * 3, atol=1e-10)
+
+  def test_opposite_draws_cancel(self):
+    model_fn, _ = scaled_draws_fn([1.0, -1.0])
+    x = np.zeros((1, 4, 4, 1), np.float32)  # w.x = 0: equal lengths.
+    out = sanity.eot_gradient_diagnostics(model_fn, x, np.ones(1, np.int32),
+                                          samples=2, steps=1)
+    self.assertEqual(out["cosine"], [None, None])
+    self.assertTrue(sanity.check_eot_gradients(out).tripped)
+
+  def test_one_sample_raises(self):
+    with self.assertRaisesRegex(ValueError, "Received: samples=1"):
+      sanity.eot_gradient_diagnostics(mean_classifier(),
+                                      *near_boundary_images(), samples=1)
 
 
 class GradientMaskingSuiteTest(tf.test.TestCase):
@@ -147,12 +229,31 @@ class GradientMaskingSuiteTest(tf.test.TestCase):
     classifier = mean_classifier()
     result, flags, extras = self.run_checks(classifier, classifier)
     self.assertEqual(result.results[0].score.mean_accuracy, 0.0)
-    for name in ("attacks-failed", "robust<=clean", "monotone-in-epsilon",
+    for name in ("attacks-failed", "sanity-runs-failed", "robust<=clean",
+                 "monotone-in-epsilon",
                  "large-epsilon",
                  "gradient-masking", "zero-or-nan-gradients"):
       self.assertEqual(flags[name].status, "ok", flags[name].message)
     self.assertEqual(extras["reference_attack"], "pgd")
     self.assertLen(extras["accuracy_vs_epsilon"], 5)
+
+  def test_a_raising_sanity_run_is_flagged_not_fatal(self):
+    classifier = mean_classifier()
+    x, y = near_boundary_images()
+    target = suite.Target(classifier)
+    result = suite.run_suite(target, x, y, ["bpda_identity_eot"],
+                             suite.Budget(epsilon=EPSILON, steps=2), seed=0,
+                             draws=1)
+    result.results[0].name = "unrolled"  # Not runnable on a plain model.
+    flags, _ = sanity.run_checks(target, result, x, y, convergence=True)
+    flags = {f.name: f for f in flags}
+    failed = flags["sanity-runs-failed"]
+    self.assertTrue(failed.tripped)
+    self.assertIn("epsilon sweep: ValueError", failed.message)
+    self.assertIn("2x steps: ValueError", failed.message)
+    self.assertEqual(flags["monotone-in-epsilon"].status, "not run")
+    self.assertEqual(flags["converged-in-steps"].status, "not run")
+    self.assertEqual(flags["zero-or-nan-gradients"].status, "ok")
 
   def test_convergence_reruns_with_double_steps_and_restarts(self):
     classifier = mean_classifier()
@@ -178,14 +279,23 @@ class DefendedChecksTest(tf.test.TestCase):
     x, y = attack_properties.tiny_batch(batch=4)
     target = suite.Target(model)
     result = suite.run_suite(target, x, y, ["bpda_identity_eot", "unrolled"],
-                             suite.Budget(steps=2), seed=0, draws=2)
-    flags, extras = sanity.run_checks(target, result, x, y, convergence=False)
+                             suite.Budget(steps=2, eot_samples=2), seed=0,
+                             draws=2)
+    flags, extras = sanity.run_checks(target, result, x, y, convergence=True)
     self.assertEqual(sorted(extras["gradients"]), ["bpda_identity", "unrolled"])
     self.assertEqual(extras["gradients"]["bpda_identity"]["zero_examples"], 0)
     self.assertEqual(extras["gradients"]["bpda_identity"]["nonfinite"], 0)
     by_name = {f.name: f.status for f in flags}
     self.assertEqual(by_name["gradient-masking"], "not run")  # No black box.
     self.assertEqual(by_name["zero-or-nan-gradients"], "ok")
+    self.assertIn(by_name["eot-gradient-noise"], ("ok", "FLAG"))
+    self.assertIn(by_name["converged-in-eot_samples"], ("ok", "FLAG"))
+    eot = extras["eot_gradients"]
+    self.assertEqual(eot["attack"], extras["doubled_eot_samples"]["attack"])
+    self.assertEqual((eot["samples"], eot["images"]), (2, 4))
+    self.assertLen(eot["cosine"], sanity.DIAGNOSTIC_STEPS + 1)
+    for cosine in eot["cosine"]:
+      self.assertBetween(cosine, -1.0, 1.0)
 
 
 if __name__ == "__main__":

@@ -62,6 +62,70 @@ class ScoreLabelsTest(tf.test.TestCase):
     self.assertEqual(d["strict_accuracy"], 0.5)
 
 
+class ClopperPearsonTest(tf.test.TestCase):
+
+  def test_closed_forms_at_the_ends(self):
+    # k = 0: (0, 1 - (alpha/2)^(1/n)); k = n: ((alpha/2)^(1/n), 1).
+    self.assertAllClose(scoring.clopper_pearson(0, 10),
+                        (0.0, 1 - 0.025 ** (1 / 10)), atol=1e-12)
+    self.assertAllClose(scoring.clopper_pearson(10, 10),
+                        (0.025 ** (1 / 10), 1.0), atol=1e-12)
+    # n = 1, k = 1 at 90%: (0.05, 1).
+    self.assertAllClose(scoring.clopper_pearson(1, 1, confidence=0.9),
+                        (0.05, 1.0), atol=1e-12)
+
+  def test_known_values(self):
+    # 5 of 10: the textbook interval (0.1871, 0.8129).
+    low, high = scoring.clopper_pearson(5, 10)
+    self.assertAllClose((low, high), (0.18709, 0.81291), atol=5e-6)
+    self.assertAllClose(low, 1 - high, atol=1e-12)  # Symmetric at k = n / 2.
+
+  def test_no_images_is_uninformative(self):
+    self.assertEqual(scoring.clopper_pearson(0, 0), (0.0, 1.0))
+
+  def test_fractional_count_lies_between_its_neighbours(self):
+    below, middle, above = (scoring.clopper_pearson(k, 20)
+                            for k in (7, 7.5, 8))
+    self.assertLess(below[0], middle[0])
+    self.assertLess(middle[0], above[0])
+    self.assertLess(below[1], middle[1])
+    self.assertLess(middle[1], above[1])
+
+  def test_narrows_with_more_trials(self):
+    small = scoring.clopper_pearson(5, 10)
+    large = scoring.clopper_pearson(500, 1000)
+    self.assertLess(large[1] - large[0], (small[1] - small[0]) / 5)
+
+  def test_bad_arguments_raise(self):
+    with self.assertRaisesRegex(ValueError, "Received: successes=11"):
+      scoring.clopper_pearson(11, 10)
+    with self.assertRaisesRegex(ValueError, "Received: trials=-1"):
+      scoring.clopper_pearson(0, -1)
+    with self.assertRaisesRegex(ValueError, "Received: confidence=1.0"):
+      scoring.clopper_pearson(1, 2, confidence=1.0)
+
+
+class ScoreIntervalsTest(tf.test.TestCase):
+
+  def test_intervals_and_success_probability(self):
+    # Image 0 always correct, 1 in 1 of 2 draws, 2 and 3 never: mean 3/8.
+    s = scoring.score_labels([[0, 1, 0, 0], [0, 0, 0, 0]], [0, 1, 2, 2])
+    self.assertEqual(s.images, 4)
+    self.assertAllClose(s.per_example_success, [0.0, 0.5, 1.0, 1.0])
+    self.assertEqual(s.strict_interval, scoring.clopper_pearson(1, 4))
+    self.assertEqual(s.mean_interval, scoring.clopper_pearson(1.5, 4))
+    d = s.to_dict()
+    self.assertEqual(d["strict_accuracy_ci95"], list(s.strict_interval))
+    self.assertEqual(d["mean_accuracy_ci95"], list(s.mean_interval))
+    self.assertLessEqual(d["mean_accuracy_ci95"][0], d["mean_accuracy"])
+    self.assertGreaterEqual(d["mean_accuracy_ci95"][1], d["mean_accuracy"])
+    self.assertIsNone(d["scoring_seed"])
+
+  def test_default_is_twenty_draws(self):
+    s = scoring.score(linear_model(), np.array([[0.9, 0.1]], np.float32), [0])
+    self.assertEqual(s.draws, 20)
+
+
 class ScoreTest(tf.test.TestCase):
 
   def test_deterministic_model(self):
@@ -102,6 +166,14 @@ class ScoreTest(tf.test.TestCase):
     second = scoring.score(model, x, y, draws=3, seed=5)
     self.assertAllEqual(first.correct, second.correct)
     self.assertAllEqual(g_first, g_second)
+
+  def test_reseeded_pins_the_draws_and_restores_the_pin(self):
+    model = defended_model()
+    layer = adv_layer.find_transforms(model)[0]
+    self.assertFalse(layer.draws_pinned)
+    with scoring.reseeded(model, 3):
+      self.assertTrue(layer.draws_pinned)
+    self.assertFalse(layer.draws_pinned)
 
   def test_different_seeds_give_different_draws(self):
     layer = adv_layer.find_transforms(defended_model())[0]

@@ -20,6 +20,27 @@ def tiny_defended(steps=2):
       f_a])
 
 
+def coin_flip_defended():
+  """A defended model whose class on a 0.5-gray image is a fair coin per draw.
+
+  f_a predicts class 0 iff pixel 0 exceeds 0.5; f_b ignores pixel 0, so g
+  leaves it at its random start 0.5 + U[-0.2, 0.2].
+  """
+  f_b = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(),
+                          keras.layers.Dense(3)])
+  kernel = np.random.default_rng(0).normal(size=(16, 3)).astype(np.float32)
+  kernel[0] = 0.0
+  f_b.layers[-1].set_weights([kernel, np.zeros(3, np.float32)])
+  f_a = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(),
+                          keras.layers.Dense(2)])
+  kernel = np.zeros((16, 2), np.float32)
+  kernel[0] = [1.0, -1.0]
+  f_a.layers[-1].set_weights([kernel, np.array([-0.5, 0.5], np.float32)])
+  return keras.Sequential([
+      keras.Input((4, 4, 1)),
+      adv_layer.AdversarialTransform(f_b, epsilon=0.2, steps=2, seed=0), f_a])
+
+
 def result(name, robust, kind=suite.WHITE_BOX, draws=None):
   """An AttackResult whose images are robust exactly where `robust` is True."""
   correct = np.array([robust]) if draws is None else draws
@@ -52,6 +73,19 @@ class WorstCaseTest(tf.test.TestCase):
     worst = suite.worst_case(clean, [a, b])
     self.assertEqual(worst["mean_accuracy"], 0.25)
     self.assertEqual(worst["strict_accuracy"], 0.0)
+
+  def test_intervals_and_success_probability(self):
+    clean = result("clean", [True, True, True, False]).score
+    # A fools image 0 in both draws and image 1 in one of two.
+    a = result("A", [True] * 4, draws=np.array([[False, True, True, True],
+                                                 [False, False, True, True]]))
+    worst = suite.worst_case(clean, [a])
+    self.assertAllClose(worst["per_example_success"], [1.0, 0.5, 0.0, 1.0])
+    self.assertEqual(worst["strict_accuracy_ci95"],
+                     scoring.clopper_pearson(1, 4))
+    self.assertEqual(worst["mean_accuracy"], 0.375)
+    self.assertEqual(worst["mean_accuracy_ci95"],
+                     scoring.clopper_pearson(1.5, 4))
 
   def test_kinds_filter(self):
     clean = result("clean", [True, True]).score
@@ -101,11 +135,63 @@ class RegistryTest(tf.test.TestCase):
     # = 963.2 <= 1000; a sixth (269.9) would exceed the budget.
     self.assertEqual(suite.hsj_iterations(budget), 5)
 
+  def test_budget_helpers_pay_for_query_draws(self):
+    budget = suite.Budget(steps=10, queries=1000)
+    # Scores: 11 points x 4 draws x 2 (fresh re-scores) = 88; (1000 - 88) / 10
+    # = 91.2 -> 90 (even).
+    self.assertEqual(suite.spsa_samples(budget, query_draws=4), 90)
+    # (6 + 1) x 4 queries per generation: 1000 // 28 = 35.
+    self.assertEqual(suite.genattack_generations(budget, query_draws=4), 35)
+    # Cost of iteration t: 100 sqrt(t) + 25 x 4. 200 + 241.4 + 273.2 = 714.6;
+    # a fourth (300) would exceed the budget.
+    self.assertEqual(suite.hsj_iterations(budget, query_draws=4), 3)
+
   def test_bad_budget_raises(self):
     with self.assertRaisesRegex(ValueError, "queries"):
       suite.Budget(queries=0).validate()
     with self.assertRaisesRegex(ValueError, "eot_samples"):
       suite.Budget(eot_samples=0).validate()
+    with self.assertRaisesRegex(ValueError, "Received: query_draws=0"):
+      suite.Budget(query_draws=0).validate()
+
+
+class ReferenceBudgetTest(tf.test.TestCase):
+
+  def test_defaults_are_autoattack_rand_and_square(self):
+    budget = suite.Budget()
+    self.assertEqual((budget.steps, budget.eot_samples, budget.restarts,
+                      budget.queries, budget.query_draws),
+                     (100, 20, 1, 5000, 8))
+    reference = suite.BUDGET_PRESETS["reference"]
+    self.assertEqual((reference.budget, reference.draws, reference.images),
+                     (budget, 20, 10_000))
+
+  def test_reference_is_not_weaker(self):
+    reference = suite.BUDGET_PRESETS["reference"]
+    fields = {"steps", "restarts", "eot_samples", "queries", "query_draws"}
+    self.assertEqual(suite.weaker_than_reference(
+        reference.budget, fields, reference.images, reference.draws,
+        defended=True), [])
+
+  def test_smoke_lists_every_shortfall(self):
+    smoke = suite.BUDGET_PRESETS["smoke"]
+    fields = {"epsilon", "steps", "restarts", "eot_samples", "queries",
+              "query_draws"}
+    weaker = suite.weaker_than_reference(smoke.budget, fields, smoke.images,
+                                         smoke.draws, defended=True)
+    self.assertEqual(weaker, [
+        {"field": "steps", "used": 5, "reference": 100},
+        {"field": "eot_samples", "used": 2, "reference": 20},
+        {"field": "queries", "used": 100, "reference": 5000},
+        {"field": "query_draws", "used": 2, "reference": 8},
+        {"field": "images", "used": 20, "reference": 10_000},
+        {"field": "draws", "used": 2, "reference": 20}])
+
+  def test_unused_fields_and_randomness_on_a_plain_model_are_ignored(self):
+    budget = suite.Budget(steps=5, eot_samples=1, queries=10, restarts=3)
+    weaker = suite.weaker_than_reference(budget, {"steps", "eot_samples"},
+                                         10_000, 1, defended=False)
+    self.assertEqual(weaker, [{"field": "steps", "used": 5, "reference": 100}])
 
   def test_target_needs_keras_model(self):
     with self.assertRaisesRegex(TypeError, "model"):
@@ -132,11 +218,12 @@ class RunSuiteTest(tf.test.TestCase):
     model = tiny_defended()
     x, y = attack_properties.tiny_batch()
     target = suite.Target(model)
-    budget = suite.Budget(queries=5)
+    budget = suite.Budget(queries=8, query_draws=2)
     first = suite.run_suite(target, x, y, ["square"], budget, seed=3, draws=2)
     second = suite.run_suite(target, x, y, ["square"], budget, seed=3, draws=2)
     run = first.results[0]
-    self.assertEqual(run.budget, {"epsilon": 8 / 255, "queries": 5})
+    self.assertEqual(run.budget, {"epsilon": 8 / 255, "queries": 8,
+                                  "query_draws": 2})
     self.assertGreater(run.model_passes, 0)
     self.assertEqual(run.f_b_passes, 3 * run.model_passes)  # 1 + N, N = 2.
     self.assertLessEqual(np.abs(run.x_adv - x).max(), 8 / 255 + 1e-6)
@@ -144,6 +231,33 @@ class RunSuiteTest(tf.test.TestCase):
     self.assertAllEqual(run.score.correct, second.results[0].score.correct)
     self.assertEqual(first.worst["attacks"], ["square"])
     self.assertTrue(first.defended)
+    self.assertEqual(first.verdict, suite.COMPLETE)
+    self.assertEqual(first.weaker_than_reference, [
+        {"field": "queries", "used": 8, "reference": 5000},
+        {"field": "query_draws", "used": 2, "reference": 8},
+        {"field": "images", "used": 6, "reference": 10_000},
+        {"field": "draws", "used": 2, "reference": 20}])
+
+  def test_every_run_is_scored_with_its_own_draws(self):
+    target = suite.Target(coin_flip_defended())
+    x, y = np.full((6, 4, 4, 1), 0.5, np.float32), np.zeros(6, np.int32)
+    # At epsilon 0 both attacks return x itself: only the draws differ.
+    budget = suite.Budget(epsilon=0.0, steps=1, eot_samples=1)
+    out = suite.run_suite(target, x, y, ["bpda_identity_eot", "unrolled"],
+                          budget, seed=4, draws=4)
+    self.assertEqual(out.clean.seed, suite.scoring_seed(4, "clean"))
+    seeds = {out.clean.seed}
+    for run in out.results:
+      self.assertAllEqual(run.x_adv, x)
+      self.assertEqual(run.score.seed, suite.scoring_seed(4, run.name))
+      self.assertNotEqual(run.score.seed, run.seed)
+      seeds.add(run.score.seed)
+    self.assertLen(seeds, 3)
+    first, second = (r.score.correct for r in out.results)
+    self.assertNotAllEqual(first, second)
+    self.assertNotAllEqual(first, out.clean.correct)
+    again = suite.rerun(target, "unrolled", x, y, budget, seed=4, draws=4)
+    self.assertAllEqual(again.score.correct, second)
 
   def test_white_box_on_plain_model_and_rerun(self):
     model = attack_properties.tiny_model()
@@ -170,12 +284,19 @@ class RunSuiteTest(tf.test.TestCase):
     out = suite.run_suite(target, x, y, names, budget, draws=1, keep_going=True)
     self.assertEqual([r.name for r in out.results], ["square"])
     self.assertIn("ValueError", out.failed["apgd_dlr_t"])
+    self.assertEqual(out.verdict, suite.INCOMPLETE)
+    # The failed attack's budget fields still count against the reference.
+    self.assertIn({"field": "steps", "used": 2, "reference": 100},
+                  out.weaker_than_reference)
 
   def test_attack_seed_depends_on_name_and_seed(self):
     self.assertEqual(suite.attack_seed(1, "a"), suite.attack_seed(1, "a"))
     self.assertNotEqual(suite.attack_seed(1, "a"), suite.attack_seed(1, "b"))
     self.assertNotEqual(suite.attack_seed(1, "a"), suite.attack_seed(2, "a"))
     self.assertIsNone(suite.attack_seed(None, "a"))
+    self.assertNotEqual(suite.scoring_seed(1, "a"), suite.attack_seed(1, "a"))
+    self.assertNotEqual(suite.scoring_seed(1, "a"), suite.scoring_seed(1, "b"))
+    self.assertEqual(suite.scoring_seed(1, "a"), suite.scoring_seed(1, "a"))
 
 
 if __name__ == "__main__":
@@ -190,7 +311,7 @@ class EveryAttackTest(tf.test.TestCase):
     surrogate = attack_properties.tiny_model(seed=3, classes=4)
     target = suite.Target(tiny_defended(), surrogate=surrogate,
                           train_images=train)
-    budget = suite.Budget(steps=2, eot_samples=2, queries=12)
+    budget = suite.Budget(steps=2, eot_samples=2, queries=12, query_draws=2)
     names = suite.resolve_attacks(["full", "spsa"])
     out = suite.run_suite(target, x, y, names, budget, seed=0, draws=2)
     self.assertEqual([r.name for r in out.results], names)
@@ -198,6 +319,8 @@ class EveryAttackTest(tf.test.TestCase):
       self.assertLessEqual(np.abs(run.x_adv - x).max(), 8 / 255 + 1e-6, run.name)
       self.assertEqual(run.budget["epsilon"], 8 / 255)
       self.assertGreater(run.elapsed_s, 0.0)
+      if run.kind == suite.QUERY:
+        self.assertEqual(run.budget["query_draws"], 2, run.name)
     passes = {r.name: r.f_b_passes for r in out.results}
     self.assertEqual(passes["whitebox_transfer"], 0)  # f_a alone.
     self.assertGreater(passes["bpda_softsign"], passes["bpda_identity_eot"])
