@@ -82,7 +82,7 @@ setuptools.setup(
     # Pretrained models shipped with the package (the model zoo).
     package_data={
         "adv_layer": [
-            "zoo_models/*.keras", "zoo_models/*.json", "zoo_models/*.md"
+            "zoo_models/*.md", "zoo_models/*/*.keras", "zoo_models/*/*.json"
         ],
     },
     python_requires=">=3.9",

@@ -6,6 +6,8 @@ Modules:
   models     f_b / f_a builders (`small_vgg`, `resnet18`, `small_cnn`).
   data       tfds and image-folder pipelines, float images in [0, 1].
   training   f_b pretraining (standard or PGD), defended training, presets.
+  gcache     K cached draws of g for cheaper training of f_a.
+  zoo        published models by name, with model cards.
 
 Importing it checks first that TensorFlow (>= 2.16) is installed: install
 `adv-layer[cpu]` or `adv-layer[and-cuda]` to get one.
@@ -13,8 +15,10 @@ Importing it checks first that TensorFlow (>= 2.16) is installed: install
 
 from adv_layer import _tf_check  # pylint: disable=unused-import
 from adv_layer import data
+from adv_layer import gcache
 from adv_layer import models
 from adv_layer import training
+from adv_layer import zoo
 from adv_layer.layer import AdversarialTransform
 from adv_layer.layer import find_transforms
 from adv_layer.layer import pinned_draws

@@ -13,6 +13,12 @@ Example (after `python examples/pretrain_fb.py --preset=smoke`):
 `--fb=untrained` uses a freshly initialised f_b (Table 1's first column).
 Presets (adv_layer.training.PRESETS): smoke, cpu, paper; every flag left
 unset takes the preset's value.
+
+`--cached_draws=K` first computes K independent draws of g over the raw
+training images into `--cache_dir` (resumable: rerun to continue), then
+trains f_a on them, each epoch a fresh pick among the K draws, cropped and
+flipped (adv_layer.gcache explains why the draws are taken on raw images).
+The saved model is still f_a(g(x)) with the real transform in front.
 """
 
 import os
@@ -28,6 +34,7 @@ from absl import flags
 import keras
 
 from adv_layer import data
+from adv_layer import gcache
 from adv_layer import models
 from adv_layer import training
 from adv_layer import transform
@@ -60,6 +67,15 @@ flags.DEFINE_string("checkpoint_dir", None,
                     "Per-epoch backup folder (default: next to --output).")
 flags.DEFINE_enum("strategy", "default", list(training.STRATEGIES),
                   "tf.distribute strategy (multi_worker reads TF_CONFIG).")
+flags.DEFINE_integer("cached_draws", 0,
+                     "Train f_a on K precomputed draws of g (0: a fresh draw "
+                     "of g per step).", lower_bound=0)
+flags.DEFINE_string("cache_dir", None,
+                    "Folder of the cached draws (default: runs/<preset>/"
+                    "g_cache_<K>).")
+flags.DEFINE_integer("cache_batch_size", 256,
+                     "Images per call of g while precomputing the cache.",
+                     lower_bound=1)
 flags.DEFINE_integer("seed", 0, "Seed of initialisation, data order and g.")
 flags.DEFINE_integer("verbose", 1, "Keras verbosity (1: progress bars).")
 
@@ -102,16 +118,54 @@ def load_fb(path, preset, image_shape, num_classes):
   return keras.saving.load_model(path)
 
 
+def cached_training(model, f_a, preset, backup, output, strategy):
+  """Trains f_a on cached draws of g, then saves the whole f_a(g(x)).
+
+  Args:
+    model: the defended model (`training.defended_model`).
+    f_a: its classifier, the model trained here.
+    preset: the settings.
+    backup: f_a's per-epoch backup folder.
+    output: `.keras` path of the defended model.
+    strategy: the `tf.distribute` strategy in use.
+
+  Returns:
+    The `keras.callbacks.History` of f_a's training.
+
+  Raises:
+    ValueError: under MultiWorkerMirroredStrategy (workers would race on one
+      cache folder).
+  """
+  if training.is_multi_worker(strategy):
+    raise ValueError(
+        "--cached_draws does not run under --strategy=multi_worker (the "
+        "workers would write one cache folder at once). Received: "
+        f"cached_draws={FLAGS.cached_draws}, strategy={FLAGS.strategy!r}")
+  folder = FLAGS.cache_dir or os.path.join(
+      "runs", FLAGS.preset, f"g_cache_{FLAGS.cached_draws}")
+  raw_images = data.load_tfds(
+      FLAGS.dataset, data.first_examples("train", preset["train_examples"]),
+      FLAGS.cache_batch_size, data_dir=FLAGS.data_dir)
+  gcache.precompute_draws(
+      model.get_layer("adversarial_transform"), raw_images, folder,
+      draws=FLAGS.cached_draws, seed=FLAGS.seed,
+      batch_size=FLAGS.cache_batch_size, verbose=FLAGS.verbose)
+  train_data = gcache.cached_training_data(folder, preset["batch_size"],
+                                           seed=FLAGS.seed)
+  history = training.train(
+      f_a, train_data, preset["epochs"], learning_rate=preset["learning_rate"],
+      momentum=preset["momentum"], lr_drop_epoch=preset["lr_drop_epoch"],
+      checkpoint_dir=backup, verbose=FLAGS.verbose)
+  training.save_from_chief(model, output, strategy)
+  return history
+
+
 def main(argv):
   del argv
   strategy = training.make_strategy(FLAGS.strategy)  # First: multi-worker setup.
   preset = settings()
   fb_path, output, backup = output_paths(strategy)
   image_shape, num_classes = data.dataset_spec(FLAGS.dataset, FLAGS.data_dir)
-  train_data = data.load_tfds(
-      FLAGS.dataset, data.first_examples("train", preset["train_examples"]),
-      preset["batch_size"], training=True, data_dir=FLAGS.data_dir,
-      seed=FLAGS.seed)
   test_data = data.load_tfds(
       FLAGS.dataset, data.first_examples("test", preset["test_examples"]),
       preset["batch_size"], data_dir=FLAGS.data_dir)
@@ -124,17 +178,27 @@ def main(argv):
     model = training.defended_model(
         f_b, f_a, epsilon=preset["epsilon"], steps=preset["steps"],
         step_size=preset["step_size"], target=preset["target"], seed=FLAGS.seed)
-    training.train(model, train_data, preset["epochs"],
-                   learning_rate=preset["learning_rate"],
-                   momentum=preset["momentum"],
-                   lr_drop_epoch=preset["lr_drop_epoch"], checkpoint_dir=backup,
-                   output=output, verbose=FLAGS.verbose)
-  print(f"Trained f_a(g(x)) ({preset['fa_model']} on g with f_b={fb_path}, "
-        f"Delta={preset['epsilon']}, N={preset['steps']}) in "
+    if FLAGS.cached_draws:
+      cached_training(model, f_a, preset, backup, output, strategy)
+    else:
+      train_data = data.load_tfds(
+          FLAGS.dataset, data.first_examples("train", preset["train_examples"]),
+          preset["batch_size"], training=True, data_dir=FLAGS.data_dir,
+          seed=FLAGS.seed)
+      training.train(model, train_data, preset["epochs"],
+                     learning_rate=preset["learning_rate"],
+                     momentum=preset["momentum"],
+                     lr_drop_epoch=preset["lr_drop_epoch"],
+                     checkpoint_dir=backup, output=output, verbose=FLAGS.verbose)
+  source = (f"{FLAGS.cached_draws} cached draws of g" if FLAGS.cached_draws
+            else "a fresh draw of g per step")
+  print(f"Trained f_a(g(x)) ({preset['fa_model']} on {source} with "
+        f"f_b={fb_path}, Delta={preset['epsilon']}, N={preset['steps']}) in "
         f"{time.time() - start:.0f} s; saved to {output}")
   test_count = sum(int(y.shape[0]) for _, y in test_data)
   print(f"Clean accuracy of f_a(g(x)) on {test_count} {FLAGS.dataset} test "
-        f"images (one draw of g): {training.accuracy(model, test_data):.4f}")
+        f"images (one draw of g, pinned to seed {FLAGS.seed}): "
+        f"{training.accuracy(model, test_data, seed=FLAGS.seed):.4f}")
 
 
 if __name__ == "__main__":

@@ -24,8 +24,8 @@ from adv_layer import version
 REPO = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 TENSORFLOW_DISTRIBUTIONS = ("tensorflow", "tensorflow-cpu")
 # The zoo files the wheel must carry, and one it must leave out.
-ZOO_FILES = ("f_b.keras", "f_b.json", "README.md")
-ZOO_OTHER = "notes.txt"
+ZOO_FILES = ("cifar10/f_b.keras", "cifar10/f_b.json", "README.md")
+ZOO_OTHER = "cifar10/notes.txt"
 # (sys_platform, platform_machine) of the platforms checked.
 LINUX_X86_64 = ("linux", "x86_64")
 OTHER_PLATFORMS = (("linux", "aarch64"), ("darwin", "arm64"),
@@ -50,6 +50,7 @@ def build_wheel(workdir):
   zoo = os.path.join(src, "adv_layer", "zoo_models")
   os.makedirs(zoo, exist_ok=True)
   for name in ZOO_FILES + (ZOO_OTHER,):
+    os.makedirs(os.path.dirname(os.path.join(zoo, name)), exist_ok=True)
     with open(os.path.join(zoo, name), "w", encoding="utf-8") as f:
       f.write(name)
   out = os.path.join(workdir, "wheels")
