@@ -236,9 +236,11 @@ def ll_pgd(f_b,
       projects onto the Δ-ball only, as eq. (3) and the authors' code do: the
       output may then leave `value_range` by up to Δ (`project_fn` receives
       `value_range=None`).
-    labels: optional int labels, shape `(batch,)`: ascend their loss (Madry
-      PGD on true labels, `AdversarialTrainer`) instead of choosing labels by
-      `target`; `target` must then be `"untargeted"`.
+    labels: optional int labels, shape `(batch,)`, used instead of the ones
+      `target` would choose; `target` still sets the direction: ascend their
+      loss with `"untargeted"` (Madry PGD on true labels, as
+      `AdversarialTrainer` does), descend it (steer toward them) otherwise
+      (the target-selection attack fixes g's target this way).
 
   Returns:
     g(x) as a float32 tensor of the shape of `x`.
@@ -251,9 +253,6 @@ def ll_pgd(f_b,
   """
   step_size = validate_transform_args(epsilon, steps, step_size, target,
                                       value_range)
-  if labels is not None and target != "untargeted":
-    raise ValueError("Explicit `labels` are ascended (untargeted PGD); pass "
-                     f"target='untargeted'. Received: target={target!r}")
   settings = dict(epsilon=float(epsilon), steps=int(steps),
                   step_size=step_size, target=target,
                   random_start=bool(random_start),
@@ -285,7 +284,8 @@ def _loop(f_b, x, seed, noise, labels, epsilon, steps, step_size, target,
     labels, direction = target_labels(logits_float32(f_b, x), target,
                                       target_seed)
   else:
-    labels, direction = tf.reshape(tf.cast(labels, tf.int32), [-1]), 1.0
+    labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
+    direction = 1.0 if target == "untargeted" else -1.0
   if not random_start:
     x_adv = x
   else:

@@ -6,17 +6,26 @@ float32 image batch to logits and is differentiable with `tf.GradientTape`
 (for a defended model, through whichever gradient estimator is active).
 """
 
+import math
 import numbers
 
+import keras
 import tensorflow as tf
 
 from adv_layer.transform import project
 
 __all__ = [
+    "DEFAULT_MEMORY_BUDGET", "EXPECTATIONS", "activation_bytes",
     "check_images_labels", "check_number", "check_value_range", "ce_loss",
-    "dlr_loss", "eot_loss_gradient", "project", "random_init", "seeds",
+    "dlr_loss", "eot_chunk_size", "eot_loss_gradient", "margin_loss",
+    "model_bytes_per_image", "project", "random_init", "seeds",
     "validate_attack_args"
 ]
+
+# Bytes one EOT chunk may hold by default (activations kept for its gradient).
+DEFAULT_MEMORY_BUDGET = 2 * 2**30
+# What EOT averages: the per-draw loss, or the softmax before the loss.
+EXPECTATIONS = ("loss", "softmax")
 
 
 def check_number(name, value, minimum=None, integer=False, strict=False):
@@ -150,36 +159,140 @@ def dlr_loss(logits, y, y_target=None):
   return -margin / (scale + 1e-12)
 
 
-def eot_loss_gradient(model_fn, x, y, loss_fn, eot_samples=1, chunk_size=None):
+def margin_loss(logits, y):
+  """Per-example margin max_{i≠y} z_i − z_y (C&W); positive when misclassified."""
+  logits = tf.cast(logits, tf.float32)
+  others = logits - 1e9 * tf.one_hot(y, tf.shape(logits)[-1])
+  return tf.reduce_max(others, axis=-1) - tf.gather(logits, y, batch_dims=1)
+
+
+def activation_bytes(model):
+  """Bytes of float32 layer outputs of one image through `model`.
+
+  Nested models are counted through their own layers.
+
+  Args:
+    model: a built Keras model (Sequential or functional).
+
+  Returns:
+    An integer, or None if some layer's output shape is unknown (e.g. a
+    subclassed model, or a dimension left as None).
+  """
+  total = 0
+  for layer in getattr(model, "layers", []):
+    if isinstance(layer, keras.Model):
+      inner = activation_bytes(layer)
+      if inner is None:
+        return None
+      total += inner
+      continue
+    try:
+      outputs = tf.nest.flatten(layer.output)
+    except (AttributeError, ValueError):
+      return None
+    for output in outputs:
+      dims = tuple(output.shape)[1:]
+      if any(d is None for d in dims):
+        return None
+      total += 4 * math.prod(dims)
+  return total
+
+
+def eot_chunk_size(bytes_per_image, total, memory_budget=None):
+  """Most images per model call so that one EOT chunk fits `memory_budget`.
+
+  Args:
+    bytes_per_image: estimated bytes one image holds during a gradient step
+      (e.g. `estimators.bytes_per_image`), or None (unknown: no chunking).
+    total: images to run (batch × EOT samples).
+    memory_budget: bytes a chunk may hold; None means `DEFAULT_MEMORY_BUDGET`.
+
+  Returns:
+    An integer in [1, total].
+
+  Raises:
+    ValueError: for a `memory_budget` that is not a number > 0.
+  """
+  if memory_budget is None:
+    memory_budget = DEFAULT_MEMORY_BUDGET
+  check_number("memory_budget", memory_budget, minimum=0, strict=True)
+  if not bytes_per_image:
+    return max(1, total)
+  return int(max(1, min(total, memory_budget // bytes_per_image)))
+
+
+def model_bytes_per_image(model_fn):
+  """Estimated bytes per image of one gradient step of `model_fn`, or None."""
+  if hasattr(model_fn, "bytes_per_image"):
+    return model_fn.bytes_per_image()
+  if isinstance(model_fn, keras.Model):
+    held = activation_bytes(model_fn)
+    return None if held is None else 2 * held
+  return None
+
+
+def eot_loss_gradient(model_fn, x, y, loss_fn, eot_samples=1, chunk_size=None,
+                      expectation="loss", memory_budget=None):
   """Loss and input gradient averaged over `eot_samples` calls of a random model.
 
   Vectorised Expectation over Transformation: the batch is tiled K times and
   run through `model_fn` in chunks of at most `chunk_size` images, so each
-  copy gets its own random draw; the summed gradient is divided by K.
+  copy gets its own random draw. The tape watches the input only, not the
+  variables a model reads: Keras' `trainable=False` leaves a frozen f_b's
+  `tf.Variable`s trainable, and a tape watching them would record every
+  pass of f_b inside g, even one whose result is cut by `tf.stop_gradient`.
+
+  - `expectation="loss"`: the loss of each draw, averaged: E[ℓ(f(x))]; its
+    gradient is the summed gradient divided by K.
+  - `expectation="softmax"`: the loss of the expected output, ℓ(log E[softmax
+    f(x)]) (`loss_fn` receives the log of the mean probability over the K
+    draws as logits, so CE is −log E[p_y] and DLR or a margin act on the mean
+    probabilities). Each chunk then holds all K draws of its images (so at
+    least K images), and `loss_fn` is called once per chunk of images, in the
+    order of `x`.
 
   Args:
-    model_fn: images -> logits, differentiable (may be random).
+    model_fn: images -> logits, differentiable (may be random). A
+      `DefendedModelFn` (or a Keras model) tells its memory per image.
     x: float32 images, shape `(batch, ...)`.
-    y: labels passed to `loss_fn`.
+    y: labels passed to `loss_fn` (a tensor or a nest of `(batch,)` tensors).
     loss_fn: `(logits, y) -> per-example loss` (the attacker ascends it).
     eot_samples: K, the number of draws averaged.
-    chunk_size: most images per `model_fn` call; None means `batch * K`.
+    chunk_size: most images per `model_fn` call; None picks it from
+      `memory_budget` and the model's memory per image (`eot_chunk_size`;
+      the whole tiled batch when the model cannot tell).
+    expectation: one of `EXPECTATIONS`.
+    memory_budget: bytes one chunk may hold when `chunk_size` is None; None
+      means `DEFAULT_MEMORY_BUDGET`.
 
   Returns:
-    `(loss, grad)`: per-example loss averaged over draws, shape `(batch,)`,
-    and the averaged gradient, shape of `x`.
+    `(loss, grad)`: per-example loss, shape `(batch,)`, and its gradient,
+    shape of `x`.
+
+  Raises:
+    ValueError: for a bad `eot_samples`, `chunk_size`, `expectation` or
+      `memory_budget`.
   """
   check_number("eot_samples", eot_samples, minimum=1, integer=True)
+  if expectation not in EXPECTATIONS:
+    raise ValueError(f"`expectation` must be one of {EXPECTATIONS}. "
+                     f"Received: expectation={expectation!r}")
+  total = x.shape[0] * eot_samples
+  if chunk_size is None:
+    chunk = eot_chunk_size(model_bytes_per_image(model_fn), total, memory_budget)
+  else:
+    chunk = check_number("chunk_size", chunk_size, minimum=1, integer=True)
+  if expectation == "softmax":
+    return _expected_output_loss_gradient(model_fn, x, y, loss_fn, eot_samples,
+                                          max(1, chunk // eot_samples))
   batch = tf.shape(x)[0]
   tiled_x = tf.tile(x, [eot_samples] + [1] * (len(x.shape) - 1))
   tiled_y = tf.nest.map_structure(lambda t: tf.tile(t, [eot_samples]), y)
-  total = tiled_x.shape[0]
-  chunk = total if chunk_size is None else max(1, int(chunk_size))
   losses, grads = [], []
   for start in range(0, total, chunk):
     part_x = tiled_x[start:start + chunk]
     part_y = tf.nest.map_structure(lambda t: t[start:start + chunk], tiled_y)
-    with tf.GradientTape() as tape:
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
       tape.watch(part_x)
       loss = loss_fn(model_fn(part_x), part_y)
       total_loss = tf.reduce_sum(loss)
@@ -189,3 +302,24 @@ def eot_loss_gradient(model_fn, x, y, loss_fn, eot_samples=1, chunk_size=None):
   grad = tf.reshape(tf.concat(grads, 0),
                     tf.concat([[eot_samples, batch], tf.shape(x)[1:]], 0))
   return tf.reduce_mean(loss, 0), tf.reduce_sum(grad, 0) / eot_samples
+
+
+def _expected_output_loss_gradient(model_fn, x, y, loss_fn, eot_samples, images):
+  """`eot_loss_gradient` with `expectation="softmax"`, `images` per call."""
+  log_draws = math.log(eot_samples)
+  losses, grads = [], []
+  for start in range(0, x.shape[0], images):
+    part_x = x[start:start + images]
+    part_y = tf.nest.map_structure(lambda t: t[start:start + images], y)
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+      tape.watch(part_x)
+      tiled = tf.tile(part_x, [eot_samples] + [1] * (len(x.shape) - 1))
+      logits = tf.cast(model_fn(tiled), tf.float32)
+      log_probs = tf.reshape(tf.nn.log_softmax(logits),
+                             [eot_samples, tf.shape(part_x)[0], -1])
+      log_mean = tf.reduce_logsumexp(log_probs, axis=0) - log_draws
+      loss = loss_fn(log_mean, part_y)
+      total_loss = tf.reduce_sum(loss)
+    grads.append(tape.gradient(total_loss, part_x))
+    losses.append(loss)
+  return tf.concat(losses, 0), tf.concat(grads, 0)

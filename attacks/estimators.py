@@ -21,6 +21,26 @@ sign(·) and a clip. An attack therefore differentiates a model that contains
 - `"exact"`: forward exact, no gradient, for scoring: like `tf.stop_gradient`
   but still connected, so `tape.gradient` returns zeros rather than None (an
   attack on it runs and the zero-gradient sanity check can see it).
+- `"straight_through"`: forward = the exact g(x), computed by the loop
+  itself; backward = autodiff through the exact iterates with
+  d sign(u)/du := 1/T (`temperature`, default 1) and the clips' true
+  derivatives. Unlike `"unrolled"`, f_b's second-order terms survive: each
+  step contributes I − (ε/T)·H(x'_t), H the input Hessian of f_b's loss.
+  With T = 1 that term is small next to I wherever ε‖H‖ ≪ 1 (measured:
+  gradients within cosine 1.0000 of `"unrolled"` on small CIFAR-10 nets); a
+  T near the typical |∇ℓ| makes it count.
+- `"bpda_exact_path"`: BPDA as eq. (5) describes it: the Jacobian of the
+  smooth surrogate step, evaluated at the exact iterates of g (not along the
+  surrogate's own trajectory, as `"bpda"` does): sign keeps its exact
+  forward and takes the surrogate's derivative, Π is `surrogate_project`.
+
+The exact forward of `"bpda"`, `"bpda_identity"` and `"exact"` runs on an
+input cut by `tf.stop_gradient` (`exact_transform`), so no gradient tape
+records its N inner forward/backward passes of f_b: the memory one EOT chunk
+holds is f_a's, not N times f_b's (`bytes_per_image` estimates it; EOT picks
+its chunk from it, `attacks.common.eot_chunk_size`). The estimators that
+differentiate the loop (`"unrolled"`, `"straight_through"`,
+`"bpda_exact_path"`) hold it by necessity.
 
 `steps` replaces the layer's N, giving the cheaper defense g_k of the
 cheaper-defense transfer attack. `defended_model_fn` wraps a whole model as a
@@ -40,14 +60,20 @@ import tensorflow as tf
 
 from adv_layer import transform
 from adv_layer.layer import find_transforms
+from attacks import common
 
 __all__ = [
     "ESTIMATORS", "SIGN_SURROGATES", "DefendedModelFn", "bpda_transform",
-    "defended_model_fn", "estimator_fn", "reseed", "surrogate_project",
-    "substitute_transform", "surrogate_sign", "transform_layers", "use_estimator"
+    "bytes_per_image", "defended_model_fn", "estimator_fn", "exact_transform",
+    "reseed", "sign_with_derivative", "surrogate_project", "substitute_transform", "surrogate_sign",
+    "transform_layers", "use_estimator"
 ]
 
-ESTIMATORS = ("bpda", "bpda_identity", "unrolled", "exact")
+ESTIMATORS = ("bpda", "bpda_identity", "unrolled", "exact", "straight_through",
+              "bpda_exact_path")
+# Estimators whose backward differentiates the unrolled loop (second order
+# through f_b): their memory grows with the number of steps N.
+_LOOP_ESTIMATORS = ("bpda", "unrolled", "straight_through", "bpda_exact_path")
 SIGN_SURROGATES = ("softsign", "tanh")
 
 
@@ -76,6 +102,31 @@ def surrogate_sign(sign_surrogate="softsign", temperature=1.0):
   return lambda z: smooth(z / temperature)
 
 
+def sign_with_derivative(smooth):
+  """sign(·) with its exact forward and the derivative of `smooth`.
+
+  Args:
+    smooth: a differentiable function z -> smooth(z) (e.g. `surrogate_sign`).
+
+  Returns:
+    A function z -> tf.sign(z), bit for bit, whose gradient is
+    upstream · smooth'(z), smooth' taken at the exact z.
+  """
+
+  @tf.custom_gradient
+  def sign(z):
+
+    def grad(upstream):
+      with tf.GradientTape() as tape:
+        tape.watch(z)
+        value = smooth(z)
+      return tape.gradient(value, z, output_gradients=upstream)
+
+    return tf.sign(z), grad
+
+  return sign
+
+
 def surrogate_project(x_adv, x, epsilon, value_range):
   """Π with its exact forward and the derivative of the paper's eq. (5).
 
@@ -94,7 +145,8 @@ def surrogate_project(x_adv, x, epsilon, value_range):
     x_adv: candidate images.
     x: centre images, same shape.
     epsilon: L∞ radius.
-    value_range: `(low, high)`.
+    value_range: `(low, high)`, or None for the ball only (a transform
+      built with `clip_to_range=False`).
 
   Returns:
     `adv_layer.transform.project(x_adv, x, epsilon, value_range)`, bit for
@@ -104,7 +156,8 @@ def surrogate_project(x_adv, x, epsilon, value_range):
   @tf.custom_gradient
   def projected(x_adv, x):
     in_ball = tf.clip_by_value(x_adv, x - epsilon, x + epsilon)
-    out = tf.clip_by_value(in_ball, value_range[0], value_range[1])
+    out = (in_ball if value_range is None else
+           tf.clip_by_value(in_ball, value_range[0], value_range[1]))
 
     def grad(upstream):
       offset = x_adv - x
@@ -122,6 +175,30 @@ def surrogate_project(x_adv, x, epsilon, value_range):
 def _draw_noise(layer, x, seed):
   generator = layer.seed_generator if seed is None else seed
   return transform.uniform_noise(tf.shape(x), layer.epsilon, generator)
+
+
+def exact_transform(layer, x, noise, steps=None):
+  """The exact g(x) for one random start, recorded by no gradient tape.
+
+  The loop runs on `tf.stop_gradient(x)`, which an enclosing tape does not
+  watch, so it keeps none of the loop's N forward/backward passes of f_b
+  (only the loop's own inner tapes record, one step at a time), provided it
+  does not watch f_b's weights either: Keras' `trainable=False` leaves their
+  `tf.Variable`s trainable, so the tape must be built with
+  `watch_accessed_variables=False`, as `attacks.common.eot_loss_gradient`
+  does.
+
+  Args:
+    layer: an `AdversarialTransform`.
+    x: float32 images.
+    noise: the random start δ, shape of `x`.
+    steps: overrides the layer's N, or None.
+
+  Returns:
+    g(x), float32, without a gradient path.
+  """
+  overrides = {} if steps is None else {"steps": steps}
+  return layer.transform(tf.stop_gradient(x), noise=noise, **overrides)
 
 
 def bpda_transform(layer, x, noise, sign_surrogate="softsign", temperature=1.0,
@@ -143,7 +220,7 @@ def bpda_transform(layer, x, noise, sign_surrogate="softsign", temperature=1.0,
   """
   sign_fn = surrogate_sign(sign_surrogate, temperature)
   overrides = {} if steps is None else {"steps": steps}
-  exact = tf.stop_gradient(layer.transform(x, noise=noise, **overrides))
+  exact = exact_transform(layer, x, noise, steps)
 
   def surrogate_vjp(upstream):
     with tf.GradientTape() as tape:
@@ -171,8 +248,9 @@ def estimator_fn(estimator="bpda", sign_surrogate="softsign", temperature=1.0,
 
   Args:
     estimator: one of `ESTIMATORS`.
-    sign_surrogate: `"softsign"` or `"tanh"` (BPDA only).
-    temperature: T of the sign surrogate (BPDA only).
+    sign_surrogate: `"softsign"` or `"tanh"` (`"bpda"`, `"bpda_exact_path"`).
+    temperature: T of the sign surrogate (`"bpda"`, `"bpda_exact_path"`);
+      `"straight_through"` takes d sign(u)/du := 1/T.
     steps: overrides the layer's N (g_k), or None.
     seed: a `keras.random.SeedGenerator` for the random starts, or None for
       the layer's own generator.
@@ -192,6 +270,9 @@ def estimator_fn(estimator="bpda", sign_surrogate="softsign", temperature=1.0,
     raise ValueError("`steps` must be an integer >= 1 or None. "
                      f"Received: steps={steps!r}")
   overrides = {} if steps is None else {"steps": steps}
+  exact_path_sign = sign_with_derivative(
+      surrogate_sign(sign_surrogate, temperature))
+  straight_through_sign = sign_with_derivative(lambda z: z / temperature)
 
   def hook(layer, x):
     noise = _draw_noise(layer, x, seed)
@@ -199,7 +280,13 @@ def estimator_fn(estimator="bpda", sign_surrogate="softsign", temperature=1.0,
       return bpda_transform(layer, x, noise, sign_surrogate, temperature, steps)
     if estimator == "unrolled":
       return layer.transform(x, noise=noise, **overrides)
-    exact = tf.stop_gradient(layer.transform(x, noise=noise, **overrides))
+    if estimator == "straight_through":
+      return layer.transform(x, noise=noise, sign_fn=straight_through_sign,
+                             **overrides)
+    if estimator == "bpda_exact_path":
+      return layer.transform(x, noise=noise, sign_fn=exact_path_sign,
+                             project_fn=surrogate_project, **overrides)
+    exact = exact_transform(layer, x, noise, steps)
     if estimator == "bpda_identity":
       return _attach(exact, x, lambda upstream: upstream)
     return _attach(exact, x, tf.zeros_like)
@@ -231,8 +318,9 @@ def use_estimator(model, estimator="bpda", sign_surrogate="softsign",
   Args:
     model: a Keras model (or an `AdversarialTransform` itself).
     estimator: one of `ESTIMATORS`.
-    sign_surrogate: `"softsign"` or `"tanh"` (BPDA).
-    temperature: T of the sign surrogate (BPDA).
+    sign_surrogate: `"softsign"` or `"tanh"` (`"bpda"`, `"bpda_exact_path"`).
+    temperature: T of the sign surrogate (`"bpda"`, `"bpda_exact_path"`);
+      `"straight_through"` takes d sign(u)/du := 1/T.
     steps: overrides every layer's N (the cheaper defense g_k), or None.
     seed: a `keras.random.SeedGenerator` for the random starts, or None for
       each layer's own generator.
@@ -281,6 +369,49 @@ def substitute_transform(model, replacement):
       layer.gradient_estimator = old
 
 
+# Bytes held per byte of f_b's activations (`common.activation_bytes`): one
+# step's forward and backward for the exact forward; per step, forward,
+# backward and their second-order record for the estimators that
+# differentiate the loop. Conservative: on the paper-width small_vgg (1.38 MiB
+# of activations per image) TensorFlow's CPU allocator peaked at 33.7 MiB per
+# image for "bpda" and "straight_through" (estimate 72.6) and 0.64 MiB for
+# "bpda_identity" (estimate 4.8); tests/memory_test.py bounds the latter.
+EXACT_FACTOR = 3
+LOOP_FACTOR = 4
+
+
+def bytes_per_image(model, estimator="bpda", steps=None):
+  """Estimated bytes one image holds during an EOT gradient step.
+
+  The outer tape keeps the activations of the model around the transform and
+  their gradients (2x `common.activation_bytes(model)`); each transform adds
+  f_b's activations times `EXACT_FACTOR` (exact forward, off the tape) or,
+  for estimators that differentiate the loop, times `LOOP_FACTOR` per step.
+
+  Args:
+    model: a Keras model containing `AdversarialTransform` layers.
+    estimator: one of `ESTIMATORS`.
+    steps: overrides every layer's N, or None.
+
+  Returns:
+    An integer number of bytes, or None when a layer's output shape is
+    unknown (e.g. a subclassed model).
+  """
+  total = common.activation_bytes(model)
+  if total is None:
+    return None
+  total *= 2
+  for layer in transform_layers(model):
+    f_b = common.activation_bytes(layer.f_b)
+    if f_b is None:
+      return None
+    if estimator in _LOOP_ESTIMATORS:
+      total += LOOP_FACTOR * (layer.steps if steps is None else steps) * f_b
+    else:
+      total += EXACT_FACTOR * f_b
+  return total
+
+
 def reseed(model_fn, seed):
   """Restarts the random draws of `model_fn` from `seed`, if it has draws.
 
@@ -322,6 +453,11 @@ class DefendedModelFn:
     """Restarts the draws as if built with `seed` (an integer)."""
     fresh = keras.random.SeedGenerator(seed)
     self.seed_generator.state.assign(fresh.state.value)
+
+  def bytes_per_image(self):
+    """Estimated bytes per image of one EOT step (see `bytes_per_image`)."""
+    return bytes_per_image(self.model, self.estimator,
+                           self.estimator_kwargs.get("steps"))
 
   def __call__(self, images):
     """Returns float32 logits of the whole model on float32 `images`."""

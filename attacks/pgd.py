@@ -15,7 +15,8 @@ from attacks import estimators
 
 __all__ = ["LOSSES", "loss_gradient", "pgd", "prediction_labels"]
 
-LOSSES = {"ce": common.ce_loss, "dlr": common.dlr_loss}
+LOSSES = {"ce": common.ce_loss, "dlr": common.dlr_loss,
+          "margin": common.margin_loss}
 
 
 def check_loss(loss, choices):
@@ -31,7 +32,7 @@ def prediction_labels(model_fn, x):
 
 
 def loss_gradient(model_fn, x, y, loss_fn, eot_samples=1, chunk_size=None,
-                  y_target=None):
+                  y_target=None, expectation="loss", memory_budget=None):
   """EOT loss, gradient and misclassification rate at `x`.
 
   One vectorised `common.eot_loss_gradient` call; the logits it computes are
@@ -44,12 +45,17 @@ def loss_gradient(model_fn, x, y, loss_fn, eot_samples=1, chunk_size=None,
     loss_fn: `(logits, y)` or, with `y_target`, `(logits, y, y_target)` ->
       per-example loss to ascend.
     eot_samples: draws K averaged.
-    chunk_size: most images per `model_fn` call.
+    chunk_size: most images per `model_fn` call (None: from the memory
+      budget, see `common.eot_loss_gradient`).
     y_target: int32 target labels, or None.
+    expectation: `"loss"` (mean of per-draw losses) or `"softmax"` (the loss
+      of the mean softmax over draws), see `common.eot_loss_gradient`.
+    memory_budget: bytes for one chunk's activations, or None (default).
 
   Returns:
     `(loss, grad, wrong)`: mean loss `(batch,)`, mean gradient (shape of
-    `x`) and the fraction of draws with argmax != y `(batch,)`.
+    `x`) and the fraction of draws with argmax != y `(batch,)`; with
+    `expectation="softmax"`, whether the mean output's argmax != y.
   """
   wrong = []
 
@@ -59,8 +65,10 @@ def loss_gradient(model_fn, x, y, loss_fn, eot_samples=1, chunk_size=None,
 
   labels = (y,) if y_target is None else (y, y_target)
   loss, grad = common.eot_loss_gradient(model_fn, x, labels, tracked,
-                                        eot_samples, chunk_size)
-  wrong = tf.reshape(tf.cast(tf.concat(wrong, 0), tf.float32), [eot_samples, -1])
+                                        eot_samples, chunk_size, expectation,
+                                        memory_budget)
+  draws = eot_samples if expectation == "loss" else 1
+  wrong = tf.reshape(tf.cast(tf.concat(wrong, 0), tf.float32), [draws, -1])
   return loss, grad, tf.reduce_mean(wrong, 0)
 
 
@@ -88,7 +96,9 @@ def pgd(model_fn,
         eot_samples=1,
         chunk_size=None,
         value_range=(0.0, 1.0),
-        seed=None):
+        seed=None,
+        expectation="loss",
+        memory_budget=None):
   """L∞ PGD: `x ← Π[x + step_size · sign(∇ loss)]`, best of `restarts` runs.
 
   Args:
@@ -100,12 +110,17 @@ def pgd(model_fn,
     steps: iterations per restart.
     restarts: independent runs; the best per example is kept.
     random_start: start each run at a uniform point of the ball (else at x).
-    loss: `"ce"` or `"dlr"` (untargeted).
+    loss: `"ce"`, `"dlr"` (untargeted) or `"margin"`.
     eot_samples: random draws K averaged per gradient (EOT).
-    chunk_size: most images per `model_fn` call (bounds EOT memory).
+    chunk_size: most images per `model_fn` call (bounds EOT memory); None
+      picks it from `memory_budget`.
     value_range: `(low, high)` of valid pixel values.
     seed: integer seed of the random starts and of `model_fn`'s draws
       (see `estimators.reseed`); the same seed repeats the attack.
+    expectation: `"loss"` ascends the mean of per-draw losses, `"softmax"`
+      the loss of the mean softmax over the K draws (the expected output).
+    memory_budget: bytes for one chunk's activations; None uses
+      `common.DEFAULT_MEMORY_BUDGET`.
 
   Returns:
     Adversarial images, float32, shape of `x`, inside the ball and range.
@@ -134,8 +149,9 @@ def pgd(model_fn,
     estimators.reseed(model_fn, run_seed)
     x_adv = common.random_init(x, epsilon, value_range, run_seed) if random_start else x
     for step in range(steps + 1):
-      value, grad, wrong = loss_gradient(model_fn, x_adv, y, loss_fn, eot_samples,
-                                         chunk_size)
+      value, grad, wrong = loss_gradient(
+          model_fn, x_adv, y, loss_fn, eot_samples, chunk_size,
+          expectation=expectation, memory_budget=memory_budget)
       improved = better(wrong, value, best_wrong, best_loss)
       best_x = keep_best(improved, x_adv, best_x)
       best_wrong = tf.where(improved, wrong, best_wrong)

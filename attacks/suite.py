@@ -48,6 +48,7 @@ from attacks import reparam
 from attacks import scoring
 from attacks import spsa
 from attacks import square
+from attacks import target_selection
 from attacks import transfer
 
 __all__ = [
@@ -231,18 +232,31 @@ def _eot(target, budget):
   return budget.eot_samples if target.defended else 1
 
 
-def _pgd_build(estimator, restarts=None, **estimator_kwargs):
-  """PGD through `estimator` with EOT; `restarts` None takes the budget's."""
+def _pgd_build(estimator, restarts=None, loss="ce", expectation="loss",
+               **estimator_kwargs):
+  """PGD through `estimator` with EOT; `restarts` None takes the budget's.
+
+  `loss` and `expectation` are `pgd.pgd`'s (the expected-output attacks pass
+  `expectation="softmax"`); the rest configures the estimator.
+  """
 
   def build(target, x, y, budget, seed):
     model_fn = target.white_box_fn(estimator, **estimator_kwargs)
     return pgd.pgd(
         model_fn, x, y, epsilon=budget.epsilon, steps=budget.steps,
-        restarts=budget.restarts if restarts is None else restarts,
+        restarts=budget.restarts if restarts is None else restarts, loss=loss,
         eot_samples=_eot(target, budget), chunk_size=budget.chunk_size,
-        value_range=budget.value_range, seed=seed)
+        value_range=budget.value_range, seed=seed, expectation=expectation)
 
   return build
+
+
+def _target_selection_build(target, x, y, budget, seed):
+  """Steers f_b's least-likely class to the class that f_a(g_c(x)) gets wrong."""
+  return target_selection.target_selection(
+      target.model, x, y, epsilon=budget.epsilon, steps=budget.steps,
+      eot_samples=_eot(target, budget), value_range=budget.value_range,
+      seed=seed)
 
 
 def _apgd_build(estimator, loss, **estimator_kwargs):
@@ -402,6 +416,34 @@ def _specs():
                  WHITE_BOX, ("epsilon", "steps", "eot_samples"),
                  _pgd_build("unrolled", restarts=1), family="pgd",
                  estimator="unrolled"),
+      AttackSpec("straight_through_eot",
+                 "PGD, straight-through sign along g's exact iterates, EOT",
+                 WHITE_BOX, ("epsilon", "steps", "eot_samples"),
+                 _pgd_build("straight_through", restarts=1), family="pgd",
+                 estimator="straight_through"),
+      AttackSpec("straight_through_t1e-3_eot",
+                 "PGD, straight-through sign at temperature 1e-3 (near the "
+                 "gradient scale), EOT", WHITE_BOX,
+                 ("epsilon", "steps", "eot_samples"),
+                 _pgd_build("straight_through", restarts=1, temperature=1e-3),
+                 family="pgd", estimator="straight_through"),
+      AttackSpec("bpda_exact_path_eot",
+                 "PGD, BPDA (softsign) Jacobian at g's exact iterates (eq. 5), "
+                 "EOT", WHITE_BOX, ("epsilon", "steps", "eot_samples"),
+                 _pgd_build("bpda_exact_path", restarts=1,
+                            sign_surrogate="softsign"),
+                 family="pgd", estimator="bpda_exact_path"),
+      AttackSpec("pgd_expected_margin_bpda_identity",
+                 "PGD on the margin of the EOT-mean softmax, BPDA-I", WHITE_BOX,
+                 ("epsilon", "steps", "eot_samples"),
+                 _pgd_build("bpda_identity", restarts=1, loss="margin",
+                            expectation="softmax"),
+                 family="pgd", estimator="bpda_identity"),
+      AttackSpec("target_selection",
+                 "Steer f_b's least-likely class to the class f_a(g_c(x)) "
+                 "gets most wrong, EOT", WHITE_BOX,
+                 ("epsilon", "steps", "eot_samples"), _target_selection_build,
+                 needs_transform=True),
       AttackSpec("pgd_restarts_bpda_identity",
                  "PGD with random restarts, BPDA-I, EOT", WHITE_BOX,
                  _GRADIENT_FIELDS, _pgd_build("bpda_identity"),

@@ -153,6 +153,110 @@ class EstimatorTest(tf.test.TestCase):
       estimators.defended_model_fn(small_net(0))
 
 
+def linear_defense(estimator, temperature=1.0):
+  """One LL-PGD step (no random start) of a linear f_b on 2 pixels.
+
+  f_b(x) = x W + b with W = [[6, -6, 0], [0, 6, -6]], b = (0, .3, 0); at
+  x = (.5, .45) the least-likely class is 2 and the step ε = .1 clips
+  nothing, so g(x) = x − ε·sign(∇ℓ(x)) and, with H = W (diag p − p pᵀ) Wᵀ
+  the input Hessian of ℓ = CE(f_b(x), 2):
+  - straight-through: Jᵀu = u − (ε/T) H u;
+  - BPDA along the exact path: Jᵀu = u − ε H (s'(∇ℓ) ⊙ u), s' the
+    derivative of softsign(·/T) at the exact gradient.
+
+  Returns:
+    `(hook, layer, x, expected)`: expected(u) is the closed-form Jᵀu.
+  """
+  f_b = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3)])
+  weights = np.array([[6.0, -6.0, 0.0], [0.0, 6.0, -6.0]], np.float32)
+  bias = np.array([0.0, 0.3, 0.0], np.float32)
+  f_b.layers[0].set_weights([weights, bias])
+  layer = AdversarialTransform(f_b, epsilon=0.3, steps=1, step_size=0.1,
+                               random_start=False)
+  x = np.array([[0.5, 0.45]])
+  logits = x @ weights + bias
+  probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+  grad = weights @ (probs - np.eye(3)[2])[0]
+  hessian = weights @ (np.diag(probs[0]) - np.outer(probs, probs)) @ weights.T
+  slope = (1.0 / temperature if estimator == "straight_through" else
+           1.0 / temperature / (1.0 + np.abs(grad) / temperature)**2)
+  expected = lambda u: u - 0.1 * (hessian @ (slope * u[0]))[None]
+  hook = estimators.estimator_fn(estimator, temperature=temperature)
+  return hook, layer, tf.constant(x, tf.float32), expected
+
+
+def cosine(a, b):
+  a, b = np.ravel(a), np.ravel(b)
+  return a @ b / np.linalg.norm(a) / np.linalg.norm(b)
+
+
+class ExactPathEstimatorTest(tf.test.TestCase):
+
+  def test_forward_is_exact_g(self):
+    _, layer = defended()
+    x, _ = attack_properties.tiny_batch()
+    for estimator in ("straight_through", "bpda_exact_path"):
+      hook = estimators.estimator_fn(estimator, seed=keras.random.SeedGenerator(4))
+      noise = transform.uniform_noise(x.shape, 0.2, keras.random.SeedGenerator(4))
+      self.assertAllEqual(hook(layer, tf.constant(x)),
+                          layer.transform(tf.constant(x), noise=noise))
+
+  def test_backward_is_the_jacobian_along_the_exact_iterates(self):
+    u = np.array([[1.0, 0.0]], np.float32)
+    for estimator in ("straight_through", "bpda_exact_path"):
+      for temperature in (1.0, 0.5):
+        hook, layer, x, expected = linear_defense(estimator, temperature)
+        self.assertAllClose(hook(layer, x), [[0.4, 0.35]])
+        grad = weighted_gradient(lambda v: hook(layer, v), x, u)
+        self.assertAllClose(grad, expected(u), rtol=1e-5, atol=1e-6,
+                            msg=(estimator, temperature))
+
+  def test_straight_through_is_not_the_identity(self):
+    # BPDA-I's gradient is u itself (cosine 1); the issue measured 0.99
+    # between BPDA and BPDA-I. Here the closed form gives
+    # cos(u, u − εHu) = 0.737 for u = (1, 0), so 0.8 separates them.
+    u = np.array([[1.0, 0.0]], np.float32)
+    hook, layer, x, expected = linear_defense("straight_through")
+    grad = weighted_gradient(lambda v: hook(layer, v), x, u)
+    self.assertAllClose(cosine(expected(u), u), 0.7374, atol=1e-4)
+    self.assertLess(cosine(grad, u), 0.8)
+
+  def test_exact_path_differs_from_surrogate_path(self):
+    _, layer = defended()
+    x = tf.constant(attack_properties.tiny_batch()[0])
+    weights = tf.constant(np.random.default_rng(2).normal(size=x.shape), tf.float32)
+    noise = transform.uniform_noise(x.shape, 0.2, seed=3)
+    along_surrogate = weighted_gradient(
+        lambda v: estimators.bpda_transform(layer, v, noise, temperature=0.01),
+        x, weights)
+    # What the "bpda_exact_path" hook runs, with the same start δ.
+    along_exact = weighted_gradient(
+        lambda v: layer.transform(
+            v, noise=noise, project_fn=estimators.surrogate_project,
+            sign_fn=estimators.sign_with_derivative(
+                estimators.surrogate_sign("softsign", 0.01))), x, weights)
+    self.assertGreater(np.abs(along_exact - along_surrogate).max(), 1e-3)
+
+
+class MemoryEstimateTest(tf.test.TestCase):
+
+  def test_loop_estimators_scale_with_steps(self):
+    model, layer = defended(steps=3)
+    f_b = common.activation_bytes(layer.f_b)
+    held = 2 * common.activation_bytes(model)
+    self.assertEqual(estimators.bytes_per_image(model, "bpda_identity"),
+                     held + estimators.EXACT_FACTOR * f_b)
+    for estimator in ("bpda", "unrolled", "straight_through", "bpda_exact_path"):
+      self.assertEqual(estimators.bytes_per_image(model, estimator),
+                       held + estimators.LOOP_FACTOR * 3 * f_b)
+    self.assertEqual(estimators.bytes_per_image(model, "bpda", steps=1),
+                     held + estimators.LOOP_FACTOR * f_b)
+
+  def test_activation_bytes_counts_layer_outputs(self):
+    # Flatten 16, Dense 16, Dense 3 floats per image.
+    self.assertEqual(common.activation_bytes(small_net(0)), 4 * (16 + 16 + 3))
+
+
 class UseEstimatorTest(tf.test.TestCase):
 
   def test_sets_every_nested_layer_and_resets_on_exception(self):

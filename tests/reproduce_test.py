@@ -1,4 +1,4 @@
-"""Tests of examples/reproduce.py: settings, distances, one tiny run + summary."""
+"""Tests of examples/reproduction/: settings, distances, a tiny run, summary."""
 
 import json
 import os
@@ -8,7 +8,12 @@ import numpy as np
 import tensorflow as tf
 
 import adv_layer
-from examples import reproduce
+from examples.reproduction import markdown
+from examples.reproduction import presets
+from examples.reproduction import runner
+from examples.reproduction import storage
+from examples.reproduction import summary
+from examples.reproduction import table1
 
 # The smallest end-to-end run: Fig. 5 with one N, a few images, one PGD step.
 TINY = dict(fig5_steps=[1], fb_train_examples=64,
@@ -20,39 +25,39 @@ TINY = dict(fig5_steps=[1], fb_train_examples=64,
 class SettingsTest(tf.test.TestCase):
 
   def test_overrides_and_image_counts_apply(self):
-    settings = reproduce.resolve_settings("cpu", num_examples=1200,
-                                          overrides={"bpda_i_eot": 8})
+    settings = presets.resolve_settings("cpu", num_examples=1200,
+                                        overrides={"bpda_i_eot": 8})
     self.assertEqual(settings["num_examples"], 1200)
     self.assertEqual(settings["num_examples_eot"], 200)
     self.assertEqual(settings["bpda_i_eot"], 8)
-    self.assertEqual(reproduce.SETTINGS["cpu"]["bpda_i_eot"], 4)  # Unchanged.
+    self.assertEqual(presets.SETTINGS["cpu"]["bpda_i_eot"], 4)  # Unchanged.
 
   def test_cpu_preset_meets_the_image_floors(self):
-    settings = reproduce.SETTINGS["cpu"]
+    settings = presets.SETTINGS["cpu"]
     self.assertGreaterEqual(settings["num_examples"], 1000)
     self.assertGreaterEqual(settings["num_examples_eot"], 200)
 
   def test_bad_settings_raise(self):
     with self.assertRaisesRegex(ValueError, "Received: preset='gpu'"):
-      reproduce.resolve_settings("gpu")
+      presets.resolve_settings("gpu")
     with self.assertRaisesRegex(ValueError, "Received: nope=1"):
-      reproduce.resolve_settings("smoke", overrides={"nope": 1})
+      presets.resolve_settings("smoke", overrides={"nope": 1})
     with self.assertRaisesRegex(ValueError, "num_examples_eot=40"):
-      reproduce.resolve_settings("smoke", num_examples=20, num_examples_eot=40)
+      presets.resolve_settings("smoke", num_examples=20, num_examples_eot=40)
     with self.assertRaisesRegex(ValueError, "Received: set='fig5_steps'"):
-      reproduce.parse_overrides(["fig5_steps"])
+      presets.parse_overrides(["fig5_steps"])
     with self.assertRaisesRegex(ValueError, "Received: experiment='fig9'"):
-      reproduce.run_experiment("fig9")
+      runner.run_experiment("fig9")
 
   def test_parse_overrides_reads_json_and_keeps_text(self):
     self.assertEqual(
-        reproduce.parse_overrides(["fig5_steps=[1, 13]", "name=abc", "x=0.5"]),
+        presets.parse_overrides(["fig5_steps=[1, 13]", "name=abc", "x=0.5"]),
         {"fig5_steps": [1, 13], "name": "abc", "x": 0.5})
 
   def test_digest_ignores_key_order_and_sees_values(self):
-    self.assertEqual(reproduce.digest({"a": 1, "b": 2}),
-                     reproduce.digest({"b": 2, "a": 1}))
-    self.assertNotEqual(reproduce.digest({"a": 1}), reproduce.digest({"a": 2}))
+    self.assertEqual(storage.digest({"a": 1, "b": 2}),
+                     storage.digest({"b": 2, "a": 1}))
+    self.assertNotEqual(storage.digest({"a": 1}), storage.digest({"a": 2}))
 
 
 def constant_f_b():
@@ -70,7 +75,7 @@ class DistanceTest(tf.test.TestCase):
     layer = adv_layer.AdversarialTransform(constant_f_b(), epsilon=0.2, steps=2,
                                            random_start=False)
     x = np.full((3, 4, 4, 1), 0.5, np.float32)
-    result = reproduce.expected_transform_distance(layer, x, draws=8, seed=0)
+    result = table1.expected_transform_distance(layer, x, draws=8, seed=0)
     self.assertEqual(result["linf"], 0.0)
     self.assertEqual(result["mean_abs"], 0.0)
     self.assertEqual(result["linf_noise_floor"], 0.0)
@@ -81,22 +86,22 @@ class DistanceTest(tf.test.TestCase):
     # estimation noise, of the size of its noise floor and far below 0.2.
     layer = adv_layer.AdversarialTransform(constant_f_b(), epsilon=0.2, steps=2)
     x = np.full((2, 4, 4, 1), 0.5, np.float32)
-    result = reproduce.expected_transform_distance(layer, x, draws=400, seed=0,
-                                                   chunk=100)
+    result = table1.expected_transform_distance(layer, x, draws=400, seed=0,
+                                                chunk=100)
     self.assertLess(result["linf"], 0.05)
     self.assertGreater(result["linf"], 0.0)
     self.assertLess(result["linf"], 3 * result["linf_noise_floor"])
     self.assertEqual(
-        result, reproduce.expected_transform_distance(layer, x, 400, 0, 100))
+        result, table1.expected_transform_distance(layer, x, 400, 0, 100))
 
 
 class EndToEndTest(tf.test.TestCase):
 
   def test_fig5_then_summary(self):
     out = self.get_temp_dir()
-    path = reproduce.run_experiment("fig5", "smoke", out, seed=0, num_examples=8,
-                                    num_examples_eot=4, overrides=TINY,
-                                    verbose=0)
+    path = runner.run_experiment("fig5", "smoke", out, seed=0, num_examples=8,
+                                 num_examples_eot=4, overrides=TINY,
+                                 verbose=0)
     with open(path) as f:
       result = json.load(f)
     self.assertEqual(result["data"], "CIFAR-10 (JPEG copy)")
@@ -116,17 +121,17 @@ class EndToEndTest(tf.test.TestCase):
     stored = os.listdir(os.path.join(out, "checkpoints"))
     self.assertLen([n for n in stored if n.endswith(".keras")], 2)
     # A rerun reuses the models and the cached evaluation: same numbers.
-    again = reproduce.run_experiment("fig5", "smoke", out, seed=0,
-                                     num_examples=8, num_examples_eot=4,
-                                     overrides=TINY, verbose=0)
+    again = runner.run_experiment("fig5", "smoke", out, seed=0,
+                                  num_examples=8, num_examples_eot=4,
+                                  overrides=TINY, verbose=0)
     with open(again) as f:
       self.assertEqual(json.load(f)["points"], result["points"])
 
-    summary = reproduce.write_summary(out, os.path.join(out, "RESULTS.md"))
-    with open(summary) as f:
+    summary_path = summary.write_summary(out, os.path.join(out, "RESULTS.md"))
+    with open(summary_path) as f:
       text = f.read()
     self.assertIn("## Figure 5", text)
-    self.assertIn("| 1 | " + reproduce.pct(point["clean"]["mean"]), text)
+    self.assertIn("| 1 | " + markdown.pct(point["clean"]["mean"]), text)
     self.assertIn("![fig5](fig5/fig5.png)", text)
     self.assertIn("CIFAR-10 (JPEG copy)", text)
     self.assertIn("training of its 2 models", text)
@@ -141,9 +146,9 @@ class EndToEndTest(tf.test.TestCase):
     rows = []
     for run in ("first", "second"):
       out = os.path.join(self.get_temp_dir(), run)
-      path = reproduce.run_experiment("table1", "smoke", out, seed=0,
-                                      num_examples=8, num_examples_eot=4,
-                                      overrides=tiny, verbose=0)
+      path = runner.run_experiment("table1", "smoke", out, seed=0,
+                                   num_examples=8, num_examples_eot=4,
+                                   overrides=tiny, verbose=0)
       with open(path) as f:
         rows.append(json.load(f)["rows"])
     self.assertEqual(list(rows[0]), ["untrained", "1 epoch", "adv. trained"])

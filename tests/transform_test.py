@@ -139,8 +139,15 @@ class ExactTinyCaseTest(tf.test.TestCase, parameterized.TestCase):
     if in_function:
       run = tf.function(run)
     self.assertAllEqual(run(tf.constant(U)), [[0.875, 0.0, 0.625]])
-    with self.assertRaisesRegex(ValueError, "Received: target='least_likely'"):
-      transform.ll_pgd(f_b, U, labels=[1])
+
+  def test_explicit_labels_are_steered_toward_in_targeted_modes(self):
+    # Descend CE(z, 1): the "random, target 1" path of G_U, whatever `target`
+    # would have chosen.
+    f_b = linear_f_b(np.eye(3, dtype=np.float32))
+    for target in ("least_likely", "random"):
+      g_u = transform.ll_pgd(f_b, U, steps=3, random_start=False,
+                             target=target, labels=[1], **IDENTITY)
+      self.assertAllEqual(g_u, G_U[1], msg=target)
 
   def test_clip_to_range_false_projects_on_the_ball_only(self):
     # LL path, 4 steps: pixel 1 would reach −0.125; the ball allows it.

@@ -1,0 +1,89 @@
+"""Tests for attacks.common: EOT expectations and memory-budgeted chunks."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from attacks import common
+
+
+class TwoDrawModel:
+  """A "random" model with two draws: logits (±4x, 0) for draws 1 and 2.
+
+  The draw of a row is its position in the tiled batch (`eot_loss_gradient`
+  tiles draw-major), so the two draws of every image are known exactly.
+  """
+
+  def __call__(self, images):
+    rows = images.shape[0]
+    sign = np.where(np.arange(rows) // (rows // 2) == 0, 4.0, -4.0)
+    scaled = images[:, 0] * tf.constant(sign, tf.float32)
+    return tf.stack([scaled, tf.zeros_like(scaled)], axis=1)
+
+
+class ExpectationTest(tf.test.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    # At x = .5 the draws give logits (2, 0) and (-2, 0): p_0 = σ(2), σ(-2).
+    self.x = tf.constant([[0.5], [0.5], [0.5]])
+    self.y = tf.zeros([3], tf.int32)
+    self.p = 1 / (1 + np.exp(-2.0))
+
+  def run_eot(self, expectation, chunk_size=None):
+    return common.eot_loss_gradient(TwoDrawModel(), self.x, self.y,
+                                    common.ce_loss, eot_samples=2,
+                                    chunk_size=chunk_size,
+                                    expectation=expectation)
+
+  def test_mean_of_losses(self):
+    # E[CE] = (−log σ(2) − log σ(−2)) / 2; d/dx = mean of ±4 (p_0 − 1).
+    loss, grad = self.run_eot("loss")
+    self.assertAllClose(loss, [-(np.log(self.p) + np.log(1 - self.p)) / 2] * 3)
+    self.assertAllClose(grad, [[(4 * (self.p - 1) - 4 * (1 - self.p - 1)) / 2]] * 3)
+
+  def test_loss_of_the_expected_softmax(self):
+    # E[p_0] = (σ(2) + σ(−2)) / 2 = 1/2: CE = log 2, and the two draws'
+    # gradients cancel exactly; the mean of losses has gradient 4σ(2) − 2.
+    for chunk_size in (None, 2, 4):
+      loss, grad = self.run_eot("softmax", chunk_size)
+      self.assertAllClose(loss, [np.log(2.0)] * 3, msg=chunk_size)
+      self.assertAllClose(grad, [[0.0]] * 3, atol=1e-6, msg=chunk_size)
+    _, mean_loss_grad = self.run_eot("loss")
+    self.assertAllClose(mean_loss_grad, [[4 * self.p - 2]] * 3)
+
+  def test_bad_expectation_raises(self):
+    with self.assertRaisesRegex(ValueError, "Received: expectation='mean'"):
+      self.run_eot("mean")
+    with self.assertRaisesRegex(ValueError, "Received: chunk_size=0"):
+      self.run_eot("loss", chunk_size=0)
+
+
+class ChunkTest(tf.test.TestCase):
+
+  def test_chunk_fits_the_budget(self):
+    self.assertEqual(common.eot_chunk_size(100, 50, memory_budget=1000), 10)
+    self.assertEqual(common.eot_chunk_size(100, 5, memory_budget=1000), 5)
+    self.assertEqual(common.eot_chunk_size(10**6, 5, memory_budget=1000), 1)
+    self.assertEqual(common.eot_chunk_size(None, 7), 7)
+    with self.assertRaisesRegex(ValueError, "Received: memory_budget=0"):
+      common.eot_chunk_size(100, 5, memory_budget=0)
+
+  def test_budget_sets_the_chunks(self):
+    calls = []
+    net = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    model_fn = lambda images: calls.append(images.shape[0]) or net(images)
+    model_fn.bytes_per_image = lambda: 2 * common.activation_bytes(net)
+    x = tf.ones([5, 4])
+    # 2 x 12 bytes per image (Dense(3) output and its gradient): 2 per 60 B.
+    common.eot_loss_gradient(model_fn, x, tf.zeros([5], tf.int32), common.ce_loss,
+                             eot_samples=2, memory_budget=60)
+    self.assertEqual(calls, [2, 2, 2, 2, 2])
+
+  def test_margin_loss(self):
+    logits = tf.constant([[3.0, 1.0, 2.0], [0.0, 5.0, 1.0]])
+    self.assertAllClose(common.margin_loss(logits, tf.constant([0, 0])), [-1.0, 5.0])
+
+
+if __name__ == "__main__":
+  tf.test.main()
