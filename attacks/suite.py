@@ -87,7 +87,8 @@ class Budget:
     queries: model evaluations per image of query-based attacks.
     query_draws: M, draws of the model averaged per query by the query
       attacks on a randomized model; 1 is used on a deterministic model.
-    chunk_size: most images per model call inside EOT (None: all at once).
+    chunk_size: most images per model call inside EOT (None: chosen from
+      `attacks.common.DEFAULT_MEMORY_BUDGET` and the model's size).
     value_range: `(low, high)` of valid pixel values.
   """
   epsilon: float = 8 / 255
@@ -108,6 +109,9 @@ class Budget:
     common.check_number("queries", self.queries, minimum=1, integer=True)
     common.check_number("query_draws", self.query_draws, minimum=1,
                         integer=True)
+    if self.chunk_size is not None:
+      common.check_number("chunk_size", self.chunk_size, minimum=1,
+                          integer=True)
     return self
 
 
@@ -170,16 +174,21 @@ class Target:
 
   Args:
     model: the Keras model under attack (defended or plain), logits out.
-    surrogate: an independently trained Keras model for black-box transfer,
-      or None.
+    surrogate: an independently trained Keras model for black-box transfer
+      (e.g. `transfer.surrogate_from_defended`: f_a's architecture trained
+      on clean data), or None.
     train_images: training images for the reparameterization attack, or None.
+    adversarial_surrogate: an independently, adversarially trained model for
+      black-box transfer, or None.
   """
 
-  def __init__(self, model, surrogate=None, train_images=None):
+  def __init__(self, model, surrogate=None, train_images=None,
+               adversarial_surrogate=None):
     if not isinstance(model, keras.Model):
       raise TypeError(f"`model` must be a keras.Model. Received: model={model!r}")
     self.model = model
     self.surrogate = surrogate
+    self.adversarial_surrogate = adversarial_surrogate
     self.train_images = train_images
     self.transforms = find_transforms(model)
 
@@ -213,7 +222,8 @@ class AttackSpec:
     family: on a plain classifier, specs of one family are the same attack
       (the estimator is irrelevant); only the first runs, under this name.
     needs_transform: skipped on a plain classifier (its source is f_a or g).
-    needs_surrogate: skipped without a surrogate model.
+    needs_surrogate: the `Target` field holding its source model
+      ("surrogate" or "adversarial_surrogate"); skipped while it is None.
     estimator: the gradient estimator through g (None: not a white-box attack).
   """
   name: str
@@ -223,7 +233,7 @@ class AttackSpec:
   build: object
   family: str = None
   needs_transform: bool = False
-  needs_surrogate: bool = False
+  needs_surrogate: str = None
   estimator: str = None
 
 
@@ -285,17 +295,30 @@ def _cheaper_build(k):
   return build
 
 
-def _transfer_build(source):
-  """PGD on a source model ("classifier": f_a; "surrogate"), replayed."""
+# Momentum and input diversity at the settings of their papers (MI-FGSM,
+# Dong et al. 2018; DI, Xie et al. 2019).
+MI_DI = dict(momentum=1.0, diversity_prob=0.5)
+
+
+def _transfer_build(source, **transfer_kwargs):
+  """PGD on a source model, replayed on the target.
+
+  Args:
+    source: "classifier" (f_a alone) or a `Target` field holding a model
+      ("surrogate", "adversarial_surrogate").
+    **transfer_kwargs: `transfer.transfer` options (momentum, diversity).
+  """
 
   def build(target, x, y, budget, seed):
     if source == "classifier":
       source_fn = transfer.classifier_model_fn(target.model)
     else:
-      source_fn = lambda images: target.surrogate(images, training=False)
+      model = getattr(target, source)
+      source_fn = lambda images: model(images, training=False)
     return transfer.transfer(
         source_fn, x, y, epsilon=budget.epsilon, steps=budget.steps,
-        restarts=budget.restarts, value_range=budget.value_range, seed=seed)
+        restarts=budget.restarts, value_range=budget.value_range, seed=seed,
+        **transfer_kwargs)
 
   return build
 
@@ -473,10 +496,29 @@ def _specs():
       AttackSpec("whitebox_transfer", "PGD on f_a alone, replayed on f_a(g(.))",
                  TRANSFER, _TRANSFER_FIELDS, _transfer_build("classifier"),
                  needs_transform=True),
+      AttackSpec("whitebox_transfer_mi_di",
+                 "MI-DI PGD (momentum, input diversity) on f_a alone, replayed",
+                 TRANSFER, _TRANSFER_FIELDS,
+                 _transfer_build("classifier", **MI_DI), needs_transform=True),
       AttackSpec("blackbox_transfer",
                  "PGD on an independently trained surrogate, replayed", TRANSFER,
                  _TRANSFER_FIELDS, _transfer_build("surrogate"),
-                 needs_surrogate=True),
+                 needs_surrogate="surrogate"),
+      AttackSpec("blackbox_transfer_mi_di",
+                 "MI-DI PGD on an independently trained surrogate, replayed",
+                 TRANSFER, _TRANSFER_FIELDS,
+                 _transfer_build("surrogate", **MI_DI),
+                 needs_surrogate="surrogate"),
+      AttackSpec("adv_surrogate_transfer",
+                 "PGD on an adversarially trained surrogate, replayed",
+                 TRANSFER, _TRANSFER_FIELDS,
+                 _transfer_build("adversarial_surrogate"),
+                 needs_surrogate="adversarial_surrogate"),
+      AttackSpec("adv_surrogate_transfer_mi_di",
+                 "MI-DI PGD on an adversarially trained surrogate, replayed",
+                 TRANSFER, _TRANSFER_FIELDS,
+                 _transfer_build("adversarial_surrogate", **MI_DI),
+                 needs_surrogate="adversarial_surrogate"),
       AttackSpec("square", "Square Attack (score-based random search)", QUERY,
                  _QUERY_FIELDS, _square_build),
       AttackSpec("spsa", "SPSA gradient-free Adam on the margin", QUERY,
@@ -553,8 +595,9 @@ def plan(target, names):
     spec = REGISTRY[name]
     if spec.needs_transform and not target.defended:
       skipped[name] = "needs an AdversarialTransform (plain classifier)"
-    elif spec.needs_surrogate and target.surrogate is None:
-      skipped[name] = "no surrogate model given"
+    elif (spec.needs_surrogate and
+          getattr(target, spec.needs_surrogate) is None):
+      skipped[name] = f"no {spec.needs_surrogate.replace('_', ' ')} model given"
     elif not target.defended and spec.family:
       if spec.family in families:
         skipped[name] = f"same as {spec.family} on a plain classifier"
@@ -681,7 +724,9 @@ def budget_record(spec, target, budget):
   if spec.name == "gen_attack":
     record["generations"] = genattack_generations(budget, draws)
   if spec.name == "reparam":
-    record["h_training"] = "attacks.reparam.train_reparameterization defaults"
+    record["h_training"] = (
+        "attacks.reparam.train_reparameterization defaults (dilated residual "
+        "h bounded to the Δ-ball, 30 epochs, cosine Adam 1e-3)")
   if spec.estimator and target.defended:
     record["estimator"] = spec.estimator
   return record

@@ -5,36 +5,84 @@ target; `transfer` does the first half, the caller (the suite) scores the
 result on f_a(g(·)) with fresh draws of g. Sources:
 
 - white-box transfer (WT, paper Fig. 6): f_a alone, `classifier_model_fn`;
-- black-box transfer (paper Table 2): an independently trained model;
+- black-box transfer (paper Table 2): an independently trained model, e.g.
+  f_a's architecture trained afresh on clean data or with PGD adversarial
+  training (`surrogate_from_defended`, `train_surrogate`);
 - cheaper-defense transfer (Croce et al., 2022; paper Appendix A.3): the
   same model with a cheaper transform g_k of k LL-PGD steps, attacked through
   BPDA with EOT, `cheaper_defense_model_fn`.
+
+Two options make the crafted images transfer better: momentum (MI-FGSM, Dong
+et al. 2018: the step follows the sign of a running sum of L1-normalised
+gradients, `momentum_update`) and input diversity (DI, Xie et al. 2019: each
+gradient is taken at a randomly shrunk and padded copy of the image,
+`input_diversity`).
 """
 
+import keras
+import numpy as np
+import tensorflow as tf
+
+from adv_layer import data
+from adv_layer import training
+from adv_layer.layer import AdversarialTransform
+from attacks import common
 from attacks import estimators
 from attacks import pgd
 from attacks import reparam
 
+__all__ = [
+    "cheaper_defense_model_fn", "classifier_model_fn", "diverse_model_fn",
+    "diversity_draw", "fresh_classifier", "input_diversity", "momentum_update",
+    "resize_and_pad", "surrogate_from_defended", "surrogate_settings",
+    "train_surrogate", "transfer"
+]
+
 
 def transfer(source_model_fn, x, y, epsilon=8 / 255, steps=20, step_size=None,
-             restarts=1, eot_samples=1, value_range=(0.0, 1.0), seed=None):
+             restarts=1, eot_samples=1, value_range=(0.0, 1.0), seed=None,
+             momentum=0.0, diversity_prob=0.0, diversity_scale=0.9,
+             random_start=True, chunk_size=None):
   """Crafts adversarial examples on a source model, for replay on a target.
 
-  L∞ PGD with a random start and cross-entropy loss (`attacks.pgd.pgd`) on
-  `source_model_fn`; the target is never queried.
+  L∞ PGD with cross-entropy loss on `source_model_fn`; the target is never
+  queried. Without momentum and input diversity this is `attacks.pgd.pgd`
+  (best point per example over steps and restarts). With either, each
+  restart runs
+
+    v ← μ · v + ∇ / ‖∇‖₁,   x' ← Π[x' + step_size · sign(v)]
+
+  (MI-FGSM, Dong et al. 2018; μ = `momentum`, v starts at 0), the gradient
+  ∇ taken at `input_diversity(x')` when `diversity_prob` > 0 (DI, Xie et al.
+  2019), and keeps its final iterate, as the papers do: a point pushed past
+  the source's boundary transfers better than the first one across it.
+  Restarts are ranked per example on the source without the diversity
+  (misclassified in more draws first, then higher loss). The papers'
+  settings are `momentum=1.0, diversity_prob=0.5, random_start=False,
+  step_size=epsilon / steps`.
 
   Args:
     source_model_fn: images -> logits of the source, differentiable.
-    x: float images `(batch, ...)` inside `value_range`.
+    x: float images `(batch, height, width, channels)` inside `value_range`
+      (any rank without input diversity).
     y: int labels `(batch,)`; None uses the source's predictions.
     epsilon: L∞ budget.
     steps: PGD iterations per restart.
     step_size: PGD step; None means `2.5 * epsilon / steps`.
     restarts: PGD restarts (the best per example on the source is kept).
-    eot_samples: draws averaged per gradient when the source is random.
+    eot_samples: draws averaged per gradient when the source is random (and
+      of the input diversity: each copy gets its own draw).
     value_range: `(low, high)` of valid pixel values.
-    seed: integer seed of the starts (and of a `DefendedModelFn` source's
-      draws); None draws one.
+    seed: integer seed of the starts, the diversity draws and a
+      `DefendedModelFn` source's draws; None draws one.
+    momentum: μ >= 0, the decay of the gradient sum (0: no momentum).
+    diversity_prob: probability p in [0, 1] that an image is shrunk and
+      padded before each gradient (0: no input diversity).
+    diversity_scale: smallest size of a shrunk image, as a fraction in
+      (0, 1] of its height and width (0.9: 299 of 330 in Xie et al.).
+    random_start: start each restart at a uniform point of the ball (else at
+      x, as MI-FGSM and DI do).
+    chunk_size: most images per `source_model_fn` call (bounds EOT memory).
 
   Returns:
     float32 tf.Tensor of the shape of `x`, inside the ball and `value_range`.
@@ -46,10 +94,189 @@ def transfer(source_model_fn, x, y, epsilon=8 / 255, steps=20, step_size=None,
   Example:
     >>> x_adv = transfer(classifier_model_fn(model), x, y, steps=50, seed=0)
     >>> attacks.scoring.score(model, x_adv, y, draws=5, seed=0)  # replay
+    >>> x_adv = transfer(surrogate, x, y, momentum=1.0, diversity_prob=0.5)
   """
-  return pgd.pgd(source_model_fn, x, y, epsilon=epsilon, step_size=step_size,
-                 steps=steps, restarts=restarts, random_start=True, loss="ce",
-                 eot_samples=eot_samples, value_range=value_range, seed=seed)
+  common.check_number("momentum", momentum, minimum=0)
+  check_diversity(diversity_prob, diversity_scale)
+  if momentum == 0 and diversity_prob == 0:
+    return pgd.pgd(source_model_fn, x, y, epsilon=epsilon, step_size=step_size,
+                   steps=steps, restarts=restarts, random_start=random_start,
+                   loss="ce", eot_samples=eot_samples, chunk_size=chunk_size,
+                   value_range=value_range, seed=seed)
+  value_range = common.validate_attack_args(epsilon, step_size, steps, restarts,
+                                            value_range, eot_samples)
+  x, y = common.check_images_labels(x, y, value_range)
+  if diversity_prob > 0 and x.shape.rank != 4:
+    raise ValueError("Input diversity needs NHWC images. "
+                     f"Received: x.shape={tuple(x.shape)}")
+  if epsilon == 0:
+    return x
+  if step_size is None:
+    step_size = 2.5 * epsilon / steps
+  if y is None:
+    y = pgd.prediction_labels(source_model_fn, x)
+  best_x = x
+  best_wrong = tf.fill(tf.shape(y), -1.0)
+  best_loss = tf.fill(tf.shape(y), -float("inf"))
+  for run_seed in common.seeds(seed, restarts):
+    estimators.reseed(source_model_fn, run_seed)
+    gradient_fn = source_model_fn
+    if diversity_prob > 0:
+      gradient_fn = diverse_model_fn(source_model_fn, diversity_prob,
+                                     diversity_scale, value_range[0], run_seed)
+    x_adv = common.random_init(x, epsilon, value_range, run_seed) if random_start else x
+    velocity = tf.zeros_like(x)
+    for _ in range(steps):
+      _, grad, _ = pgd.loss_gradient(gradient_fn, x_adv, y, common.ce_loss,
+                                     eot_samples, chunk_size)
+      velocity = momentum_update(velocity, grad, momentum)
+      x_adv = common.project(x_adv + step_size * tf.sign(velocity), x, epsilon,
+                             value_range)
+    loss, _, wrong = pgd.loss_gradient(source_model_fn, x_adv, y, common.ce_loss,
+                                       eot_samples, chunk_size)
+    improved = pgd.better(wrong, loss, best_wrong, best_loss)
+    best_x = pgd.keep_best(improved, x_adv, best_x)
+    best_wrong = tf.where(improved, wrong, best_wrong)
+    best_loss = tf.where(improved, loss, best_loss)
+  return best_x
+
+
+def momentum_update(velocity, grad, momentum):
+  """One MI-FGSM accumulation: `momentum · velocity + grad / ‖grad‖₁`.
+
+  The L1 norm is taken per example over all other axes (Dong et al. 2018,
+  eq. (6)); an all-zero gradient adds nothing.
+
+  Args:
+    velocity: the running sum, shape of `grad`.
+    grad: the loss gradient, `(batch, ...)`.
+    momentum: μ, the decay factor.
+
+  Returns:
+    The new running sum, float32, shape of `grad`.
+  """
+  grad = tf.cast(grad, tf.float32)
+  norm = tf.reduce_sum(tf.abs(grad), axis=tf.range(1, tf.rank(grad)),
+                       keepdims=True)
+  return momentum * velocity + grad / tf.maximum(norm, 1e-12)
+
+
+def check_diversity(diversity_prob, diversity_scale):
+  """Raises ValueError unless p is in [0, 1] and the scale in (0, 1]."""
+  common.check_number("diversity_prob", diversity_prob, minimum=0)
+  if diversity_prob > 1:
+    raise ValueError("`diversity_prob` must be in [0, 1]. "
+                     f"Received: diversity_prob={diversity_prob!r}")
+  common.check_number("diversity_scale", diversity_scale, minimum=0, strict=True)
+  if diversity_scale > 1:
+    raise ValueError("`diversity_scale` must be in (0, 1]. "
+                     f"Received: diversity_scale={diversity_scale!r}")
+
+
+def diversity_draw(shape, diversity_prob, diversity_scale, generator):
+  """Draws DI's random shrink and padding offsets, one set per image.
+
+  With probability `diversity_prob` an image of height H and width W is
+  shrunk by d pixels (d uniform in {0, ..., ⌊(1 − scale) · min(H, W)⌋}) to
+  (H − d) × (W − d), then placed at offset (top, left), each uniform in
+  {0, ..., d}; otherwise d = top = left = 0 (the identity).
+
+  Args:
+    shape: the images' shape `(batch, height, width, channels)`; height and
+      width must be Python integers, the batch may be a scalar tensor.
+    diversity_prob: probability p that an image is transformed.
+    diversity_scale: smallest relative size of a shrunk image.
+    generator: a `tf.random.Generator`.
+
+  Returns:
+    `(shrink, top, left)`: int32 tensors of shape `(batch,)`.
+  """
+  batch, height, width = shape[0], shape[1], shape[2]
+  most = int(np.floor((1.0 - diversity_scale) * min(height, width) + 1e-9))
+  applied = generator.uniform([batch]) < diversity_prob
+  shrink = generator.uniform([batch], 0, most + 1, dtype=tf.int32)
+  shrink = tf.where(applied, shrink, 0)
+  top, left = (tf.cast(tf.floor(generator.uniform([batch]) *
+                                tf.cast(shrink + 1, tf.float32)), tf.int32)
+               for _ in range(2))
+  return shrink, tf.minimum(top, shrink), tf.minimum(left, shrink)
+
+
+def _source_index(length, shrink, offset):
+  """Nearest-neighbour source index and inside mask along one image axis."""
+  position = tf.range(length)[tf.newaxis, :] - offset[:, tf.newaxis]
+  size = length - shrink[:, tf.newaxis]
+  inside = tf.logical_and(position >= 0, position < size)
+  # Half-pixel centres, in integers: floor((position + 1/2) * length / size).
+  source = tf.math.floordiv((2 * position + 1) * length, 2 * size)
+  return tf.clip_by_value(source, 0, length - 1), inside
+
+
+def resize_and_pad(images, shrink, top, left, fill=0.0):
+  """DI's transform: nearest-neighbour shrink, then pad back to the shape.
+
+  Image b is resized to (H − shrink[b]) × (W − shrink[b]) (nearest
+  neighbour, half-pixel centres, as `tf.image.resize`) and placed with its
+  top-left corner at (top[b], left[b]); the border is `fill`. Every output
+  pixel is an input pixel or `fill`, so the value range is kept, and the
+  gradient flows to the pixels that were copied.
+
+  Args:
+    images: float images `(batch, height, width, channels)`.
+    shrink: int pixels removed from each side length, `(batch,)`.
+    top: int row offsets in [0, shrink], `(batch,)`.
+    left: int column offsets in [0, shrink], `(batch,)`.
+    fill: value of the border (the low end of the value range).
+
+  Returns:
+    Images of the shape and dtype of `images`.
+  """
+  height, width = images.shape[1], images.shape[2]
+  rows, rows_inside = _source_index(height, shrink, top)
+  cols, cols_inside = _source_index(width, shrink, left)
+  gathered = tf.gather(tf.gather(images, rows, axis=1, batch_dims=1), cols,
+                       axis=2, batch_dims=1)
+  inside = tf.logical_and(rows_inside[:, :, tf.newaxis, tf.newaxis],
+                          cols_inside[:, tf.newaxis, :, tf.newaxis])
+  return tf.where(inside, gathered, tf.cast(fill, images.dtype))
+
+
+def input_diversity(images, diversity_prob, diversity_scale, fill, generator):
+  """A fresh DI transform of each image (Xie et al. 2019), shape kept.
+
+  Args:
+    images: float images `(batch, height, width, channels)`.
+    diversity_prob: probability that an image is shrunk and padded.
+    diversity_scale: smallest relative size of a shrunk image.
+    fill: value of the padding.
+    generator: a `tf.random.Generator`.
+
+  Returns:
+    `resize_and_pad` of `images` under a fresh `diversity_draw`.
+  """
+  shape = (tf.shape(images)[0],) + tuple(images.shape[1:])
+  shrink, top, left = diversity_draw(shape, diversity_prob, diversity_scale,
+                                     generator)
+  return resize_and_pad(images, shrink, top, left, fill)
+
+
+def diverse_model_fn(model_fn, diversity_prob, diversity_scale, fill, seed=None):
+  """`model_fn` applied to a fresh `input_diversity` draw at every call.
+
+  Args:
+    model_fn: images -> logits.
+    diversity_prob: probability that an image is shrunk and padded.
+    diversity_scale: smallest relative size of a shrunk image.
+    fill: value of the padding.
+    seed: integer seed of the draws; None draws one.
+
+  Returns:
+    images -> logits of `model_fn` on diversified images, differentiable.
+  """
+  generator = (tf.random.Generator.from_non_deterministic_state()
+               if seed is None else tf.random.Generator.from_seed(seed))
+  return lambda images: model_fn(input_diversity(
+      images, diversity_prob, diversity_scale, fill, generator))
 
 
 def classifier_model_fn(model):
@@ -95,3 +322,191 @@ def cheaper_defense_model_fn(model, steps=1, estimator="bpda", seed=None,
   """
   return estimators.defended_model_fn(model, estimator, seed=seed, steps=steps,
                                       **estimator_kwargs)
+
+
+def _reseeded(config, rng):
+  """`config` with every "seed" entry redrawn from `rng` (None: unseeded)."""
+  if isinstance(config, dict):
+    return {key: (None if rng is None else int(rng.integers(2**31 - 1)))
+            if key == "seed" else _reseeded(value, rng)
+            for key, value in config.items()}
+  if isinstance(config, (list, tuple)):
+    return type(config)(_reseeded(value, rng) for value in config)
+  return config
+
+
+def fresh_classifier(model, seed=None):
+  """A new, untrained copy of `model`'s architecture without any transform g.
+
+  Clones a Sequential or functional `model` layer by layer (nested models
+  too): each `AdversarialTransform` becomes an identity layer, every other
+  layer is rebuilt from its config with every seed in it (initialisers,
+  dropout, ...) redrawn from `seed`. For a defended model f_a(g(·)) this is
+  f_a's architecture, the source of an undefended or adversarially trained
+  black-box surrogate; the original model is not changed.
+
+  Args:
+    model: a Sequential or functional `keras.Model`, defended or not.
+    seed: integer seed of the new weights; None leaves them unseeded.
+
+  Returns:
+    A `keras.Model` with the input and output shapes of `model`.
+
+  Raises:
+    ValueError: for a subclassed model (it cannot be cloned).
+  """
+  rng = None if seed is None else np.random.default_rng(seed % 2**32)
+
+  def clone_layer(layer):
+    if isinstance(layer, AdversarialTransform):
+      return keras.layers.Identity(name=layer.name)
+    return layer.__class__.from_config(_reseeded(layer.get_config(), rng))
+
+  try:
+    return keras.models.clone_model(model, clone_function=clone_layer,
+                                    recursive=True)
+  except ValueError as error:
+    raise ValueError("`model` must be a Sequential or functional keras.Model. "
+                     f"Received: model={model.name!r}") from error
+
+
+def surrogate_settings(preset="smoke", adversarial=False):
+  """The `train_surrogate` settings matching a training preset.
+
+  The surrogate gets the preset's f_a schedule (epochs, learning-rate drop,
+  batch size, SGD) and, when `adversarial`, f_b's PGD adversarial training
+  (ε, steps, step size; Madry PGD-7 at 8/255 for "strong_cpu" and "paper").
+  `train_examples` (None: the whole split) is for the caller's data loader.
+
+  Args:
+    preset: a name of `adv_layer.training.PRESETS` ("smoke" for CI, "cpu",
+      "strong_cpu" or "paper" for real runs).
+    adversarial: train with PGD adversarial training.
+
+  Returns:
+    A dict: `train_examples` and the keyword arguments of `train_surrogate`.
+
+  Raises:
+    ValueError: for an unknown preset.
+  """
+  settings = training.get_preset(preset)
+  result = {key: settings[key] for key in (
+      "train_examples", "epochs", "lr_drop_epoch", "batch_size",
+      "learning_rate", "momentum")}
+  result["adversarial"] = bool(adversarial)
+  if adversarial:
+    result.update(epsilon=settings["fb_epsilon"], steps=settings["fb_steps"],
+                  step_size=settings["fb_step_size"])
+  return result
+
+
+def train_surrogate(architecture, train_images, train_labels, epochs=1,
+                    batch_size=128, learning_rate=0.1, momentum=0.9,
+                    lr_drop_epoch=None, adversarial=False, epsilon=8 / 255,
+                    steps=7, step_size=None, augment=True, seed=None,
+                    verbose=0):
+  """Trains a black-box transfer source on clean or PGD adversarial examples.
+
+  The model is a fresh copy of `architecture` (`fresh_classifier`: any
+  transform g removed) or `architecture(seed)` for a builder; SGD with
+  momentum on logits cross-entropy (`adv_layer.training.compile_sgd`),
+  shuffled (and augmented with random crops and flips) every epoch, and with
+  `adversarial` Madry PGD adversarial training
+  (`adv_layer.training.AdversarialTrainer`). Settings for real runs:
+  `surrogate_settings(preset)`.
+
+  Args:
+    architecture: a `keras.Model` whose architecture is copied (e.g. the
+      defended model f_a(g(·))), or a function `seed -> keras.Model`.
+    train_images: float images `(n, height, width, channels)` in [0, 1].
+    train_labels: int labels `(n,)`.
+    epochs: passes over the data.
+    batch_size: images per step.
+    learning_rate: initial SGD rate.
+    momentum: SGD momentum.
+    lr_drop_epoch: epoch after which the rate is divided by 10, or None.
+    adversarial: train on PGD examples of the true labels.
+    epsilon: L∞ budget of the training attack.
+    steps: PGD steps of the training attack.
+    step_size: PGD step; None means `epsilon / 4`.
+    augment: random crop (4-pixel padding) and horizontal flip (CIFAR-10).
+    seed: integer seed of the weights, the data order, the augmentation and
+      the attack's starts; None draws them.
+    verbose: Keras verbosity of `fit`.
+
+  Returns:
+    The trained classifier, a `keras.Model` (logits out).
+
+  Raises:
+    ValueError: for a bad argument (named in the message).
+
+  Example:
+    >>> surrogate = train_surrogate(defended, images, labels, epochs=30, seed=0)
+    >>> x_adv = transfer(surrogate, x, y, momentum=1.0, diversity_prob=0.5)
+  """
+  common.check_number("epochs", epochs, minimum=1, integer=True)
+  common.check_number("batch_size", batch_size, minimum=1, integer=True)
+  train_images = np.asarray(train_images, np.float32)
+  train_labels = np.asarray(train_labels).astype(np.int32).reshape(-1)
+  if train_images.ndim < 2 or len(train_images) != len(train_labels):
+    raise ValueError("`train_images` and `train_labels` must hold the same "
+                     f"number of examples. Received: train_images.shape="
+                     f"{train_images.shape}, train_labels.shape="
+                     f"{train_labels.shape}")
+  weight_seed, data_seed, attack_seed = common.seeds(seed, 3)
+  if isinstance(architecture, keras.Model):
+    classifier = fresh_classifier(architecture, weight_seed)
+  else:
+    classifier = architecture(weight_seed)
+  dataset = tf.data.Dataset.from_tensor_slices((train_images, train_labels))
+  if augment:
+    dataset = data.finish(dataset, batch_size, training=True, seed=data_seed)
+  else:
+    dataset = dataset.shuffle(len(train_labels), seed=data_seed,
+                              reshuffle_each_iteration=True).batch(batch_size)
+  model = classifier
+  if adversarial:
+    model = training.AdversarialTrainer(classifier, epsilon=epsilon, steps=steps,
+                                        step_size=step_size, seed=attack_seed,
+                                        name="surrogate_pgd_trainer")
+  training.compile_sgd(model, learning_rate, momentum, lr_drop_epoch,
+                       training.steps_per_epoch(dataset))
+  model.fit(dataset, epochs=epochs, shuffle=False, verbose=verbose)
+  return classifier
+
+
+def surrogate_from_defended(model, train_images, train_labels, adversarial=False,
+                            seed=None, **train_kwargs):
+  """Trains f_a's architecture afresh, without g: a black-box transfer source.
+
+  The defended model is f_a(g(·)); the surrogate is a new copy of f_a
+  (`fresh_classifier`) trained on clean data (the undefended base model of
+  Croce et al. 2022) or, with `adversarial`, by PGD adversarial training. It
+  shares no weights with the model under attack.
+
+  Args:
+    model: a Sequential or functional model containing `AdversarialTransform`.
+    train_images: float training images in [0, 1].
+    train_labels: int labels.
+    adversarial: PGD adversarial training instead of clean training.
+    seed: integer seed of the surrogate's training; None draws one.
+    **train_kwargs: further `train_surrogate` arguments (`epochs`, ...; see
+      `surrogate_settings`).
+
+  Returns:
+    The trained surrogate, a `keras.Model` (logits out).
+
+  Raises:
+    ValueError: if `model` holds no `AdversarialTransform`, or for a bad
+      training argument.
+
+  Example:
+    >>> settings = surrogate_settings("cpu")
+    >>> images, labels = adv_layer.data.load_arrays(
+    ...     "cifar10", f"train[:{settings.pop('train_examples')}]")
+    >>> surrogate = surrogate_from_defended(model, images, labels, seed=0,
+    ...                                     **settings)
+  """
+  estimators.transform_layers(model)
+  return train_surrogate(model, train_images, train_labels,
+                         adversarial=adversarial, seed=seed, **train_kwargs)

@@ -19,6 +19,28 @@ An attack that raises makes the verdict INCOMPLETE: the other attacks still
 run and the report is written, then the program exits with status 1 unless
 --keep_going is given.
 
+At scale (`attacks.runner`): the evaluation is a set of units (attack ×
+block of --unit_size images), each seeded by its block and written to
+--report_dir/units/ when finished, so rerunning the same command resumes
+(a kill loses at most the unit in flight; another budget, model, seed or
+image set in the same folder is refused). --num_shards=N --shard_index=i
+runs one slice of the blocks and stops; once all shards are done,
+--merge_only builds the one report, identical to a single process's.
+--dry_run prints the cost (f_b and model passes, FLOPs, time measured on
+this machine, wall time spread over --num_shards) and stops. Besides
+report.json/md and plots, the report folder gets robustbench.json and
+adversarial.npz (every adversarial image with its seeds), from which
+--replay_attack=NAME --replay_example=K reproduces one result exactly.
+
+On a host with 4 GPUs: 4 processes, `CUDA_VISIBLE_DEVICES=$i python
+examples/attack_eval.py ... --num_shards=4 --shard_index=$i &`, then one
+`--merge_only`. As a Slurm array job: `#SBATCH --array=0-15` with
+--num_shards=16 --shard_index=$SLURM_ARRAY_TASK_ID on a shared --report_dir,
+then --merge_only in a job with `--dependency=afterok:<array job id>` (a
+Kubernetes indexed Job: --shard_index=$JOB_COMPLETION_INDEX). A preempted
+task reruns its command and skips its finished units. Train or pass the
+surrogates before starting shards (they are saved in --report_dir and reused).
+
 Example (after `python examples/train_cifar10.py --preset=smoke`):
 
   python examples/attack_eval.py --model=runs/smoke/defended.keras \
@@ -30,6 +52,7 @@ accuracy.
 """
 
 import dataclasses
+import json
 import os
 
 # oneDNN kernels roughly double conv speed on this project's CPUs (AVX2, no
@@ -42,26 +65,44 @@ import time
 from absl import app
 from absl import flags
 import keras
+import numpy as np
 import tqdm
 
 import adv_layer  # Registers AdversarialTransform for load_model.
 from adv_layer import data
+from adv_layer import training
 from attacks import common
 from attacks import report
+from attacks import runner
 from attacks import sanity
 from attacks import suite
+from attacks import transfer
 
 FLAGS = flags.FLAGS
 OVERRIDES = ("steps", "restarts", "eot_samples", "queries", "query_draws",
-             "draws", "num_examples")
+             "chunk_size", "draws", "num_examples")
 
 
 def define_flags():
   """Defines the program's flags (called before `app.run`)."""
   flags.DEFINE_string("model", None, "The .keras model to attack (logits out).")
   flags.DEFINE_string("surrogate", None,
-                      "Optional .keras model trained independently, the source "
-                      "of the black-box transfer attack.")
+                      ".keras model trained independently on clean data, the "
+                      "source of black-box transfer (default: trained here "
+                      "for a defended model, see --train_surrogates).")
+  flags.DEFINE_string("adversarial_surrogate", None,
+                      ".keras model trained independently with PGD, a source "
+                      "of black-box transfer (default: trained here for a "
+                      "defended model, see --train_surrogates).")
+  flags.DEFINE_bool("train_surrogates", True,
+                    "For a defended model, train each surrogate a planned "
+                    "attack needs and none was given: f_a's architecture "
+                    "with fresh weights, on clean data or with PGD "
+                    "(attacks.transfer.surrogate_from_defended), saved in "
+                    "--report_dir.")
+  flags.DEFINE_enum("surrogate_preset", "cpu", list(training.PRESETS),
+                    "Training preset of the surrogates (f_a's schedule and "
+                    "data; f_b's PGD settings for the adversarial one).")
   flags.DEFINE_list("attacks", ["adaptive"],
                     "Attack names and/or presets: " + ", ".join(suite.PRESETS) +
                     "; attacks: " + ", ".join(suite.REGISTRY))
@@ -81,6 +122,9 @@ def define_flags():
                        "attacks (default: the preset's).")
   flags.DEFINE_integer("query_draws", None, "Draws of the model averaged per "
                        "query by query attacks (default: the preset's).")
+  flags.DEFINE_integer("chunk_size", None, "Most images per model call inside "
+                       "an EOT step (default: chosen from a 2 GiB activation "
+                       "budget, attacks.common.DEFAULT_MEMORY_BUDGET).")
   flags.DEFINE_integer("draws", None, "Draws of the model scoring each image "
                        "(default: the preset's).")
   flags.DEFINE_integer("seed", 0, "Seed of the attacks and the scoring draws.")
@@ -94,7 +138,7 @@ def define_flags():
   flags.DEFINE_string("data_name", None,
                       "Name of the data in the report (default: 'CIFAR-10 "
                       "(JPEG copy)' for cifar10, else --dataset).")
-  flags.DEFINE_integer("reparam_images", 512,
+  flags.DEFINE_integer("reparam_images", 2048,
                        "Training images for the reparameterization attack's h.")
   flags.DEFINE_list("eot_curve", ["1", "2", "4", "8"],
                     "EOT samples of the accuracy-vs-EOT plot (the strongest "
@@ -106,6 +150,26 @@ def define_flags():
                     "Rerun the strongest white-box attack with 2x steps, 2x "
                     "restarts and (defended models) 2x EOT samples (the "
                     "convergence sanity checks).")
+  flags.DEFINE_string("data_npz", None,
+                      "An .npz with arrays x (float32 in [0, 1]) and y, used "
+                      "instead of tfds (its first --num_examples images).")
+  flags.DEFINE_string("model_name", None,
+                      "Name of the model in robustbench.json (default: "
+                      "--model).")
+  flags.DEFINE_integer("unit_size", 100, "Images per unit of the evaluation.")
+  flags.DEFINE_integer("num_shards", 1, "N: shards of the evaluation.")
+  flags.DEFINE_integer("shard_index", 0, "The shard this process runs.")
+  flags.DEFINE_bool("merge_only", False,
+                    "Build the report from the finished units of all shards.")
+  flags.DEFINE_bool("dry_run", False,
+                    "Print the estimated cost and stop (probes a few steps).")
+  flags.DEFINE_string("replay_attack", None,
+                      "Replay this attack's recorded result on "
+                      "--replay_example from adversarial.npz, and stop.")
+  flags.DEFINE_integer("replay_example", None, "Image index to replay.")
+  flags.DEFINE_bool("recraft", False,
+                    "With --replay_attack: also rerun the attack and compare "
+                    "its images bit for bit.")
   flags.DEFINE_bool("keep_going", False,
                     "Exit with status 0 even if an attack raised. Either way "
                     "the other attacks run and the report (verdict "
@@ -169,15 +233,87 @@ def exit_status(suite_result, keep_going):
 
 
 def load_images(split, count):
-  """The first `count` images of `split` as float32 [0, 1] arrays."""
+  """The first `count` images of `split` (or of --data_npz), float32 [0, 1]."""
+  if FLAGS.data_npz and split == FLAGS.split:
+    with np.load(FLAGS.data_npz) as arrays:
+      return arrays["x"][:count], arrays["y"][:count]
   return data.load_arrays(FLAGS.dataset, f"{split}[:{count}]",
                           data_dir=FLAGS.data_dir)
+
+
+def surrogates(model, names):
+  """The surrogates of black-box transfer: given, trained here, or None.
+
+  Args:
+    model: the model under attack.
+    names: the resolved attack names.
+
+  Returns:
+    `(surrogate, adversarial_surrogate, paths)`: the two models (None where
+    no planned attack needs one, or none was given and none can be trained)
+    and where each came from.
+  """
+  needed = {suite.REGISTRY[name].needs_surrogate for name in names}
+  found, paths = {}, {}
+  for field, adversarial in (("surrogate", False),
+                             ("adversarial_surrogate", True)):
+    path = getattr(FLAGS, field)
+    saved = os.path.join(FLAGS.report_dir, f"{field}.keras")
+    if path is None and field in needed and os.path.exists(saved):
+      path = saved  # Trained by an earlier run or shard: reuse it.
+    if path is None and (field in needed and FLAGS.train_surrogates and
+                         adv_layer.find_transforms(model)):
+      settings = transfer.surrogate_settings(FLAGS.surrogate_preset,
+                                             adversarial=adversarial)
+      count = settings.pop("train_examples")
+      split = f"train[:{count}]" if count else "train"
+      images, labels = data.load_arrays(FLAGS.dataset, split,
+                                        data_dir=FLAGS.data_dir)
+      print(f"Training the {field.replace('_', ' ')} ({FLAGS.surrogate_preset} "
+            f"preset, {len(labels)} images) ...")
+      trained = transfer.surrogate_from_defended(model, images, labels,
+                                                 seed=FLAGS.seed, **settings)
+      path = saved
+      training.save_model(trained, path)
+    paths[field] = path
+    found[field] = keras.saving.load_model(path) if path else None
+  return found["surrogate"], found["adversarial_surrogate"], paths
 
 
 def data_name():
   if FLAGS.data_name:
     return FLAGS.data_name
+  if FLAGS.data_npz:
+    return os.path.basename(FLAGS.data_npz)
   return "CIFAR-10 (JPEG copy)" if FLAGS.dataset == "cifar10" else FLAGS.dataset
+
+
+def run_units(target, x, y, names, budget, draws):
+  """Runs this shard's unfinished units (`attacks.runner.run`).
+
+  Returns:
+    The failed units' keys and errors (a rerun retries them).
+  """
+  plan = runner.make_plan(target, x, y, names, budget, FLAGS.seed, draws,
+                          FLAGS.unit_size)
+  units = plan.units(FLAGS.num_shards, FLAGS.shard_index)
+  with tqdm.tqdm(total=len(units), desc=f"shard {FLAGS.shard_index}/"
+                 f"{FLAGS.num_shards} units") as bar:
+
+    def progress(unit, key, status):
+      del key
+      bar.set_postfix(attack=unit.attack, block=unit.block, status=status)
+      bar.update(1)
+
+    summary = runner.run(
+        target, x, y, names, FLAGS.report_dir, budget, seed=FLAGS.seed,
+        draws=draws, unit_size=FLAGS.unit_size, num_shards=FLAGS.num_shards,
+        shard_index=FLAGS.shard_index, keep_going=True, progress=progress)
+  print(f"Units: ran {len(summary.ran)}, reused {len(summary.reused)}, "
+        f"failed {len(summary.failed)}")
+  for key, error in summary.failed.items():
+    print(f"FAILED {key}: {error}")
+  return summary.failed
 
 
 def eot_curve(target, suite_result, x, y):
@@ -225,23 +361,39 @@ def main(argv):
       FLAGS.budget, parse_epsilon(FLAGS.epsilon),
       {name: getattr(FLAGS, name) for name in OVERRIDES})
   model = keras.saving.load_model(FLAGS.model)
-  surrogate = keras.saving.load_model(FLAGS.surrogate) if FLAGS.surrogate else None
   x, y = load_images(FLAGS.split, num_examples)
   names = suite.resolve_attacks(FLAGS.attacks)
+  surrogate, adversarial_surrogate, surrogate_paths = surrogates(model, names)
   train_images = None
   if "reparam" in names and adv_layer.find_transforms(model):
     train_images, _ = load_images("train", FLAGS.reparam_images)
-  target = suite.Target(model, surrogate=surrogate, train_images=train_images)
+  target = suite.Target(model, surrogate=surrogate, train_images=train_images,
+                        adversarial_surrogate=adversarial_surrogate)
 
-  with tqdm.tqdm(total=len(suite.planned(target, names)), desc="attacks") as bar:
-
-    def progress(result):
-      bar.set_postfix(last=result.name, acc=f"{result.score.mean_accuracy:.3f}")
-      bar.update(1)
-
-    suite_result = suite.run_suite(target, x, y, names, budget, seed=FLAGS.seed,
-                                   draws=draws, progress=progress,
-                                   keep_going=True)
+  if FLAGS.replay_attack:
+    outcome = runner.replay(model, os.path.join(FLAGS.report_dir,
+                                                runner.EXAMPLES_FILE),
+                            FLAGS.replay_example, FLAGS.replay_attack,
+                            recraft=FLAGS.recraft)
+    print(json.dumps(outcome, indent=1))
+    return 0
+  if FLAGS.dry_run:
+    estimate = runner.estimate_cost(
+        target, x, y, names, budget, seed=FLAGS.seed, draws=draws,
+        unit_size=FLAGS.unit_size,
+        shards=sorted({1, FLAGS.num_shards}))
+    print(estimate.table())
+    print(f"(probes: {estimate.probe_images} images, "
+          f"{estimate.probe_s:.1f} s)")
+    return 0
+  if not FLAGS.merge_only:
+    failed = run_units(target, x, y, names, budget, draws)
+    if FLAGS.num_shards > 1:
+      print(f"Shard {FLAGS.shard_index} of {FLAGS.num_shards} done; when every "
+            "shard is, rerun with --merge_only for the report.")
+      return 1 if failed and not FLAGS.keep_going else 0
+  merged = runner.merge(FLAGS.report_dir, allow_incomplete=True)
+  suite_result, x, y = merged.suite_result, merged.x, merged.y
   print("Sanity checks (extra attack runs) ...")
   checks, extras = sanity.run_checks(target, suite_result, x, y,
                                      convergence=FLAGS.convergence)
@@ -251,13 +403,18 @@ def main(argv):
   meta = {
       "data": data_name(), "dataset": FLAGS.dataset,
       "split": f"{FLAGS.split}[:{num_examples}]", "model": FLAGS.model,
-      "surrogate": FLAGS.surrogate, "attacks_requested": FLAGS.attacks,
+      "surrogate": surrogate_paths["surrogate"],
+      "adversarial_surrogate": surrogate_paths["adversarial_surrogate"],
+      "surrogate_preset": FLAGS.surrogate_preset,
+      "attacks_requested": FLAGS.attacks,
       "budget_preset": FLAGS.budget,
       "elapsed_s": time.perf_counter() - start,
   }
   paths = report.write_report(FLAGS.report_dir, suite_result, checks, extras,
                               meta, grid=transform_grid(target, suite_result, x),
                               eot_curve=curve)
+  paths |= runner.export(merged, FLAGS.report_dir,
+                         FLAGS.model_name or FLAGS.model, data_name(), checks)
   print(report.print_summary(paths["json"]))
   worst = suite_result.worst
   low, high = worst["strict_accuracy_ci95"]
