@@ -4,15 +4,21 @@ Implements the evaluation of Xiao & Zheng (CVPR 2020), Sec. 4 (the `paper`
 preset: BPDA with softsign / tanh, BPDA-I with EOT, unrolled autodiff,
 white-box and black-box transfer, HopSkipJump, GenAttack, reparameterization)
 and what a careful evaluator adds (the `adaptive` preset: BPDA-I+EOT PGD with
-restarts, APGD-CE and APGD-DLR-targeted with EOT on BPDA-I and BPDA,
+restarts, APGD-CE and APGD-DLR-targeted with EOT on BPDA-I and BPDA, PGD
+through a straight-through sign and through BPDA along g's exact iterates, a
+loss on the expected output, an attack on g's choice of target class,
 cheaper-defense transfer from g_k with k in {1, 2, 3} (Croce et al. 2022),
-white-box transfer, Square). `full` runs both.
+white-box and black-box transfer with and without momentum and input
+diversity, from clean and adversarially trained surrogates, Square). The
+`autoattack_rand` preset is AutoAttack's `rand` version (APGD-CE and
+untargeted APGD-DLR, EOT) through each estimator. `full` runs all three.
 
 For a model containing `AdversarialTransform` the white-box attacks go through
 the gradient estimators of `attacks.estimators`. For a plain classifier they
 run on the model directly: estimator variants collapse into one attack per
-family (`pgd`, `pgd_restarts`, `apgd_ce`, `apgd_dlr_t`), EOT is off (the model
-is deterministic) and attacks needing the transform are skipped.
+family (`pgd`, `pgd_restarts`, `apgd_ce`, `apgd_dlr`, `apgd_dlr_t`), EOT is
+off (the model is deterministic) and attacks needing the transform are
+skipped.
 
 Every final adversarial image is scored with R fresh, seeded draws
 (`attacks.scoring`), drawn independently for every attack run (their seed is
@@ -479,6 +485,10 @@ def _specs():
                  "APGD-DLR targeted, BPDA-I, EOT, restarts", WHITE_BOX,
                  _GRADIENT_FIELDS, _apgd_build("bpda_identity", "dlr_targeted"),
                  family="apgd_dlr_t", estimator="bpda_identity"),
+      AttackSpec("apgd_dlr_bpda_identity",
+                 "APGD-DLR (untargeted), BPDA-I, EOT, restarts", WHITE_BOX,
+                 _GRADIENT_FIELDS, _apgd_build("bpda_identity", "dlr"),
+                 family="apgd_dlr", estimator="bpda_identity"),
       AttackSpec("apgd_ce_bpda", "APGD-CE, BPDA (softsign), EOT, restarts",
                  WHITE_BOX, _GRADIENT_FIELDS,
                  _apgd_build("bpda", "ce", sign_surrogate="softsign"),
@@ -487,6 +497,21 @@ def _specs():
                  "restarts", WHITE_BOX, _GRADIENT_FIELDS,
                  _apgd_build("bpda", "dlr_targeted", sign_surrogate="softsign"),
                  family="apgd_dlr_t", estimator="bpda"),
+      AttackSpec("apgd_dlr_bpda",
+                 "APGD-DLR (untargeted), BPDA (softsign), EOT, restarts",
+                 WHITE_BOX, _GRADIENT_FIELDS,
+                 _apgd_build("bpda", "dlr", sign_surrogate="softsign"),
+                 family="apgd_dlr", estimator="bpda"),
+  ] + [
+      AttackSpec(f"apgd_{loss}_{estimator}",
+                 f"APGD-{loss.upper()}{' (untargeted)' if loss == 'dlr' else ''}, "
+                 f"{description}, EOT, restarts", WHITE_BOX, _GRADIENT_FIELDS,
+                 _apgd_build(estimator, loss), family=f"apgd_{loss}",
+                 estimator=estimator)
+      for estimator, description in (
+          ("straight_through", "straight-through sign along g's iterates"),
+          ("bpda_exact_path", "BPDA Jacobian at g's exact iterates"))
+      for loss in ("ce", "dlr")
   ] + [
       AttackSpec(f"cheaper_transfer_k{k}",
                  f"BPDA+EOT PGD on f_a(g_{k}) ({k} LL-PGD steps), replayed on g",
@@ -543,17 +568,33 @@ PRESETS = {
               "gen_attack", "reparam"),
     "adaptive": ("pgd_restarts_bpda_identity", "apgd_ce_bpda_identity",
                  "apgd_dlr_t_bpda_identity", "apgd_ce_bpda", "apgd_dlr_t_bpda",
-                 "cheaper_transfer_k1", "cheaper_transfer_k2",
-                 "cheaper_transfer_k3", "whitebox_transfer", "square"),
+                 "straight_through_eot", "straight_through_t1e-3_eot",
+                 "bpda_exact_path_eot", "pgd_expected_margin_bpda_identity",
+                 "target_selection", "cheaper_transfer_k1",
+                 "cheaper_transfer_k2", "cheaper_transfer_k3",
+                 "whitebox_transfer", "whitebox_transfer_mi_di",
+                 "blackbox_transfer", "blackbox_transfer_mi_di",
+                 "adv_surrogate_transfer", "adv_surrogate_transfer_mi_di",
+                 "square"),
 }
-PRESETS["full"] = tuple(dict.fromkeys(PRESETS["paper"] + PRESETS["adaptive"]))
+# AutoAttack's `rand` version (Croce & Hein 2020): APGD-CE and untargeted
+# APGD-DLR with EOT, through each gradient estimator of g; run it with the
+# reference budget (`Budget()`: 100 iterations, EOT 20, 1 restart).
+PRESETS["autoattack_rand"] = tuple(
+    f"apgd_{loss}_{estimator}"
+    for estimator in ("bpda_identity", "bpda", "straight_through",
+                      "bpda_exact_path")
+    for loss in ("ce", "dlr"))
+PRESETS["full"] = tuple(dict.fromkeys(
+    PRESETS["paper"] + PRESETS["adaptive"] + PRESETS["autoattack_rand"]))
 
 
 def resolve_attacks(names):
   """Expands presets and checks names.
 
   Args:
-    names: attack names and/or preset names (`paper`, `adaptive`, `full`).
+    names: attack names and/or preset names (`paper`, `adaptive`,
+      `autoattack_rand`, `full`).
 
   Returns:
     The attack names in order, without repeats.

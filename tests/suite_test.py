@@ -101,7 +101,18 @@ class RegistryTest(tf.test.TestCase):
     self.assertEqual(suite.resolve_attacks("paper"), list(suite.PRESETS["paper"]))
     full = suite.resolve_attacks(["full"])
     self.assertCountEqual(full, set(suite.PRESETS["paper"]) |
-                          set(suite.PRESETS["adaptive"]))
+                          set(suite.PRESETS["adaptive"]) |
+                          set(suite.PRESETS["autoattack_rand"]))
+    # AutoAttack's `rand` version: APGD-CE and untargeted APGD-DLR through
+    # each estimator of g.
+    self.assertEqual(
+        suite.PRESETS["autoattack_rand"],
+        ("apgd_ce_bpda_identity", "apgd_dlr_bpda_identity", "apgd_ce_bpda",
+         "apgd_dlr_bpda", "apgd_ce_straight_through", "apgd_dlr_straight_through",
+         "apgd_ce_bpda_exact_path", "apgd_dlr_bpda_exact_path"))
+    for name in suite.PRESETS["autoattack_rand"]:
+      self.assertEqual(suite.REGISTRY[name].fields,
+                       ("epsilon", "steps", "restarts", "eot_samples"))
     self.assertEqual(suite.resolve_attacks(["square", "adaptive", "square"])[0],
                      "square")
     for name in full:
@@ -116,13 +127,15 @@ class RegistryTest(tf.test.TestCase):
     runs, skipped = suite.plan(target, suite.resolve_attacks("full"))
     names = [name for name, _ in runs]
     self.assertEqual(names, ["pgd", "hop_skip_jump", "gen_attack",
-                             "pgd_restarts", "apgd_ce", "apgd_dlr_t", "square"])
+                             "pgd_restarts", "apgd_ce", "apgd_dlr_t", "square",
+                             "apgd_dlr"])
     self.assertIn("no surrogate", skipped["blackbox_transfer"])
     self.assertIn("plain classifier", skipped["whitebox_transfer"])
     self.assertIn("same as pgd", skipped["bpda_tanh"])
 
   def test_defended_plan_keeps_every_estimator(self):
-    target = suite.Target(tiny_defended(), surrogate=attack_properties.tiny_model())
+    target = suite.Target(tiny_defended(), surrogate=attack_properties.tiny_model(),
+                          adversarial_surrogate=attack_properties.tiny_model(1))
     runs, skipped = suite.plan(target, suite.resolve_attacks("full"))
     self.assertEqual(skipped, {})
     self.assertEqual([n for n, _ in runs], suite.resolve_attacks("full"))
@@ -310,7 +323,9 @@ class EveryAttackTest(tf.test.TestCase):
     train = attack_properties.tiny_batch(seed=1, batch=64)[0]
     surrogate = attack_properties.tiny_model(seed=3, classes=4)
     target = suite.Target(tiny_defended(), surrogate=surrogate,
-                          train_images=train)
+                          train_images=train,
+                          adversarial_surrogate=attack_properties.tiny_model(
+                              seed=4, classes=4))
     budget = suite.Budget(steps=2, eot_samples=2, queries=12, query_draws=2)
     names = suite.resolve_attacks(["full", "spsa"])
     out = suite.run_suite(target, x, y, names, budget, seed=0, draws=2)
