@@ -8,6 +8,7 @@ Modules:
   training   f_b pretraining (standard or PGD), defended training, presets.
   gcache     K cached draws of g for cheaper training of f_a.
   zoo        published models by name, with model cards.
+  folding    f_b's batch norm folded into its convolutions (`LiveFold`).
 
 Importing it checks first that TensorFlow (>= 2.16) is installed: install
 `adv-layer[cpu]` or `adv-layer[and-cuda]` to get one.
@@ -15,6 +16,7 @@ Importing it checks first that TensorFlow (>= 2.16) is installed: install
 
 from adv_layer import _tf_check  # pylint: disable=unused-import
 from adv_layer import data
+from adv_layer import folding
 from adv_layer import gcache
 from adv_layer import models
 from adv_layer import training

@@ -52,6 +52,7 @@ import numpy as np
 import tensorflow as tf
 
 import adv_layer
+from adv_layer import folding
 from adv_layer import models
 from adv_layer import training
 from adv_layer import transform
@@ -432,6 +433,9 @@ def run_benchmark(f_b, x, epsilon, steps, repeats, matmul_size, jit_compile,
   g = transform_fn(f_b, epsilon, steps, seed, jit_compile)
   matmul_before = matmul_flop_rate(matmul_size, repeats)
   images_per_s, batch_s = transform_throughput(g, x, repeats)
+  folded_images_per_s, _ = transform_throughput(
+      transform_fn(folding.LiveFold(f_b), epsilon, steps, seed, jit_compile),
+      x, repeats)
   matmul_rate = max(matmul_before, matmul_flop_rate(matmul_size, repeats))
   flops = transform_flops(f_b, steps)
   eager, compiled = layer_call_throughputs(f_b, x, epsilon, steps, seed,
@@ -452,6 +456,8 @@ def run_benchmark(f_b, x, epsilon, steps, repeats, matmul_size, jit_compile,
       "transform_seconds_per_batch": batch_s,
       "transform_flops_per_s": flops * images_per_s,
       "fraction_of_matmul": flops * images_per_s / matmul_rate,
+      "folded_images_per_s": folded_images_per_s,
+      "folded_fraction_of_matmul": flops * folded_images_per_s / matmul_rate,
   }
   if bf16_batch_size:
     x_bf16 = x[:bf16_batch_size]
@@ -477,6 +483,11 @@ def results_rows(info, settings, results):
        f"({results['transform_seconds_per_batch']:.2f} s/batch)"),
       ("transform FLOP rate", f"{results['transform_flops_per_s'] / 1e9:.1f} GFLOP/s "
        f"= {100 * results['fraction_of_matmul']:.1f}% of matmul (target >= 80%)"),
+      ("transform fp32, folded BN",
+       f"{results['folded_images_per_s']:.1f} images/s = "
+       f"{100 * results['folded_fraction_of_matmul']:.1f}% of matmul "
+       f"({results['folded_images_per_s'] / results['transform_images_per_s']:.2f}x "
+       "unfolded; opt-in, adv_layer.folding.LiveFold)"),
       ("layer called eagerly", f"{results['layer_eager_images_per_s']:.1f} images/s"),
       ("layer in a tf.function",
        f"{results['layer_compiled_images_per_s']:.1f} images/s (eager / compiled "

@@ -148,6 +148,7 @@ class ReportTest(tf.test.TestCase):
         "matmul_flops_per_s": 100e9, "transform_flops_per_image": 1.7e9,
         "transform_images_per_s": 20.0, "transform_seconds_per_batch": 12.8,
         "transform_flops_per_s": 34e9, "fraction_of_matmul": 0.34,
+        "folded_images_per_s": 22.0, "folded_fraction_of_matmul": 0.374,
         "layer_eager_images_per_s": 19.0, "layer_compiled_images_per_s": 20.0,
         "eager_over_compiled": 0.95, "xla_images_per_s": 25.0,
         "epoch_seconds": {"defended": 10.0, "pgd": 4.0},
@@ -159,6 +160,7 @@ class ReportTest(tf.test.TestCase):
     self.assertIn(tf.__version__, table)
     self.assertIn("= 34.0% of matmul (target >= 80%)", table)
     self.assertIn("eager / compiled = 0.95, target >= 0.9", table)
+    self.assertIn("22.0 images/s = 37.4% of matmul (1.10x unfolded", table)
     self.assertIn("25.0 images/s (the layer opts out of XLA", table)
     self.assertIn("defended / PGD = 2.50", table)
 
