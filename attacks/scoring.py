@@ -33,7 +33,6 @@ plain `model_fn` (not a `keras.Model`) is called as is; its randomness is its
 own.
 """
 
-import contextlib
 import dataclasses
 
 import keras
@@ -41,7 +40,7 @@ import numpy as np
 from scipy import stats
 import tensorflow as tf
 
-from adv_layer.layer import find_transforms
+from adv_layer.layer import pinned_draws
 from attacks import common
 
 __all__ = [
@@ -183,7 +182,6 @@ def score_labels(predictions, y, seed=None):
       seed=seed)
 
 
-@contextlib.contextmanager
 def reseeded(model, seed):
   """Pins every `AdversarialTransform` in `model` to draws derived from `seed`.
 
@@ -191,31 +189,17 @@ def reseeded(model, seed):
   (`AdversarialTransform.pin_draws`); inside this context they are pinned and
   follow the layer's seed generator, set to a state derived from `seed`. The
   generators' states and the pins are restored on exit, so scoring does not
-  shift the draws an attack or a later evaluation sees.
+  shift the draws an attack or a later evaluation sees. The same context as
+  `adv_layer.pinned_draws`, under the suite's name.
 
   Args:
     model: a Keras model (other callables are left alone), or None.
     seed: an integer; None leaves the layers untouched.
 
-  Yields:
-    None.
+  Returns:
+    A context manager.
   """
-  layers = find_transforms(model) if isinstance(model, keras.Model) else []
-  if seed is None or not layers:
-    yield
-    return
-  saved = [(layer.seed_generator.state.numpy(), layer.draws_pinned)
-           for layer in layers]
-  for layer, layer_seed in zip(layers, common.seeds(seed, len(layers))):
-    state = layer.seed_generator.state
-    state.assign(np.array([layer_seed, 0]).astype(state.dtype))
-    layer.pin_draws(True)
-  try:
-    yield
-  finally:
-    for layer, (state, pinned) in zip(layers, saved):
-      layer.seed_generator.state.assign(state)
-      layer.pin_draws(pinned)
+  return pinned_draws(model, seed)
 
 
 def predict_labels(model_fn, x, batch_size=256):
