@@ -123,8 +123,8 @@ def random_start(x, epsilon, value_range, seed=None):
 
 
 def apgd_run(model_fn, x, y, y_target, x_start, loss_fn, epsilon, steps,
-             eot_samples, chunk_size, value_range):
-  """One APGD run from `x_start`.
+             eot_samples, chunk_size, value_range, expectation="loss"):
+  """One APGD run from `x_start` (`expectation` as in `pgd.loss_gradient`).
 
   Returns:
     `(best_x, best_wrong, best_loss)`: per example the best iterate
@@ -134,7 +134,8 @@ def apgd_run(model_fn, x, y, y_target, x_start, loss_fn, epsilon, steps,
   marks = set(checkpoints(steps))
   project = lambda v: common.project(v, x, epsilon, value_range)
   evaluate = lambda v: pgd_lib.loss_gradient(model_fn, v, y, loss_fn, eot_samples,
-                                             chunk_size, y_target)
+                                             chunk_size, y_target,
+                                             expectation=expectation)
   eta = tf.fill(tf.shape(y), 2.0 * epsilon)
   x_prev = x_cur = x_start
   loss, grad, wrong = evaluate(x_cur)
@@ -214,7 +215,8 @@ def apgd(model_fn,
          eot_samples=1,
          chunk_size=None,
          value_range=(0.0, 1.0),
-         seed=None):
+         seed=None,
+         expectation="loss"):
   """APGD-CE / APGD-DLR / APGD-DLR-targeted in L∞ (Croce & Hein, 2020).
 
   AutoAttack's `rand` version for a random model is APGD-CE and APGD-DLR
@@ -236,6 +238,9 @@ def apgd(model_fn,
     value_range: `(low, high)` of valid pixel values.
     seed: integer seed of the random starts and of `model_fn`'s draws; the
       same seed repeats the attack.
+    expectation: `"loss"` (step control and gradient on the mean of per-draw
+      losses) or `"softmax"` (on the loss of the mean softmax over the
+      `eot_samples` draws, the expected output), see `pgd.loss_gradient`.
 
   Returns:
     Adversarial images, float32, shape of `x`, inside the ball and range.
@@ -282,7 +287,8 @@ def apgd(model_fn,
       start = random_start(part(x), epsilon, value_range, run_seed)
       run_x, run_wrong, run_loss = apgd_run(model_fn, part(x), part(y), part(y_target),
                                             start, loss_fn, epsilon, steps,
-                                            eot_samples, chunk_size, value_range)
+                                            eot_samples, chunk_size, value_range,
+                                            expectation)
       if y_target is not None:  # Losses of different targets do not compare.
         run_loss = tf.zeros_like(run_loss)
       improved = pgd_lib.better(run_wrong, run_loss, part(best_wrong), part(best_loss))

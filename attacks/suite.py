@@ -275,7 +275,7 @@ def _target_selection_build(target, x, y, budget, seed):
       seed=seed)
 
 
-def _apgd_build(estimator, loss, **estimator_kwargs):
+def _apgd_build(estimator, loss, expectation="loss", **estimator_kwargs):
   """APGD with `loss` through `estimator` with EOT and restarts."""
 
   def build(target, x, y, budget, seed):
@@ -283,7 +283,8 @@ def _apgd_build(estimator, loss, **estimator_kwargs):
     return apgd.apgd(
         model_fn, x, y, epsilon=budget.epsilon, steps=budget.steps,
         restarts=budget.restarts, loss=loss, eot_samples=_eot(target, budget),
-        chunk_size=budget.chunk_size, value_range=budget.value_range, seed=seed)
+        chunk_size=budget.chunk_size, value_range=budget.value_range, seed=seed,
+        expectation=expectation)
 
   return build
 
@@ -485,6 +486,11 @@ def _specs():
                  "APGD-DLR targeted, BPDA-I, EOT, restarts", WHITE_BOX,
                  _GRADIENT_FIELDS, _apgd_build("bpda_identity", "dlr_targeted"),
                  family="apgd_dlr_t", estimator="bpda_identity"),
+      AttackSpec("apgd_ce_expected_bpda_identity",
+                 "APGD-CE on the EOT-mean softmax (expected output), BPDA-I, "
+                 "restarts", WHITE_BOX, _GRADIENT_FIELDS,
+                 _apgd_build("bpda_identity", "ce", expectation="softmax"),
+                 family="apgd_ce", estimator="bpda_identity"),
       AttackSpec("apgd_dlr_bpda_identity",
                  "APGD-DLR (untargeted), BPDA-I, EOT, restarts", WHITE_BOX,
                  _GRADIENT_FIELDS, _apgd_build("bpda_identity", "dlr"),
@@ -570,6 +576,7 @@ PRESETS = {
                  "apgd_dlr_t_bpda_identity", "apgd_ce_bpda", "apgd_dlr_t_bpda",
                  "straight_through_eot", "straight_through_t1e-3_eot",
                  "bpda_exact_path_eot", "pgd_expected_margin_bpda_identity",
+                 "apgd_ce_expected_bpda_identity",
                  "target_selection", "cheaper_transfer_k1",
                  "cheaper_transfer_k2", "cheaper_transfer_k3",
                  "whitebox_transfer", "whitebox_transfer_mi_di",

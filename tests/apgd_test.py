@@ -41,6 +41,14 @@ class ApgdTargetedPropertiesTest(attack_properties.AttackPropertiesMixin,
                          loss="dlr_targeted", eot_samples=2, seed=seed)
 
 
+class ApgdExpectedOutputPropertiesTest(attack_properties.AttackPropertiesMixin,
+                                       tf.test.TestCase):
+
+  def run_attack(self, model_fn, x, y, epsilon, seed):
+    return apgd_lib.apgd(model_fn, x, y, epsilon=epsilon, steps=6,
+                         eot_samples=2, expectation="softmax", seed=seed)
+
+
 def parabola_model(seen):
   """1-pixel model, logits [0, −(v − 0.3)²]: CE of class 0 peaks at v = 0.3.
 
@@ -141,6 +149,15 @@ class ApgdTest(tf.test.TestCase):
     apgd_lib.apgd(model_fn, x, y, steps=3, restarts=2, seed=0)
     # One call for the class count, 4 evaluations per run (start + 3 steps).
     self.assertEqual(batch_sizes, [1] + [6] * 4 + [2] * 4)
+
+  def test_expected_output_equals_the_mean_loss_on_a_deterministic_model(self):
+    # One draw: the mean softmax is the softmax, so both losses coincide.
+    model = attack_properties.tiny_model()
+    x, y = attack_properties.tiny_batch()
+    runs = [apgd_lib.apgd(model, x, y, steps=4, seed=3, expectation=expectation)
+            for expectation in ("loss", "softmax")]
+    self.assertAllClose(runs[0], runs[1], rtol=0, atol=1e-6)
+    self.assertGreater(np.abs(runs[0] - x).max(), 0.0)
 
   def test_bad_arguments_raise(self):
     model = attack_properties.tiny_model()
