@@ -223,6 +223,17 @@ class AdversarialTransform(keras.layers.Layer):
     """
     self.pinned.assign(int(bool(pinned)))
 
+  def load_own_variables(self, store):
+    """Restores the pin; files saved before the layer had one hold nothing.
+
+    Args:
+      store: the layer's saved variables (`{"0": pinned}`), or an empty store
+        from an older file, which keeps the pin given by `pin_seed`.
+    """
+    if len(store.keys()) == 0:
+      return
+    super().load_own_variables(store)
+
   def build(self, input_shape):
     expected = (tuple(self.f_b.input_shape[1:])
                 if getattr(self.f_b, "inputs", None) else None)

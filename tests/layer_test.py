@@ -362,6 +362,13 @@ class LayerContractTest(tf.test.TestCase):
       other = model.predict(self.x, verbose=0)
     self.assertGreater(np.abs(other - runs[0][0]).max(), 1e-4)
 
+  def test_files_saved_before_the_pin_still_load(self):
+    layer = AdversarialTransform(tiny_f_b(), steps=2, pin_seed=True)
+    layer.load_own_variables({})  # What an older .keras file holds.
+    self.assertTrue(layer.draws_pinned)
+    layer.load_own_variables({"0": np.array(0, np.int32)})
+    self.assertFalse(layer.draws_pinned)
+
   def test_eager_call_runs_compiled_without_retracing(self):
     f_b = tiny_f_b()
     layer = AdversarialTransform(f_b, steps=3, seed=5, pin_seed=True)
