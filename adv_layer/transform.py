@@ -16,15 +16,17 @@ examples (ascend the loss of given `labels`).
 Called eagerly with the exact operators, `ll_pgd` runs its loop as one
 compiled `tf.function` (traced once per f_b, settings and image rank; the
 batch size is relaxed), as fast as a call inside the user's own function.
-Calls with surrogate operators, or on an f_b whose `call` was replaced on
-the instance, run as written (eagerly or in the caller's graph), since each
-would need a trace of its own.
+Calls with surrogate operators run as written (eagerly or in the caller's
+graph), since each surrogate would need a trace of its own; inside
+`uncompiled()` every call does (code that watches f_b's Python-level calls,
+such as the suite's pass counter, needs them to happen).
 
 Non-finite gradients: where f_b's input gradient is NaN or ±inf, that entry
 is treated as 0 (no step on that pixel in that iteration), so one bad pixel
 cannot poison g(x) through `sign(NaN) = NaN`.
 """
 
+import contextlib
 import numbers
 
 import keras
@@ -259,10 +261,7 @@ def ll_pgd(f_b,
                   value_range=(tuple(float(v) for v in value_range)
                                if clip_to_range else None))
   exact = sign_fn is tf.sign and project_fn is project
-  # An f_b whose `call` was replaced on the instance (e.g. wrapped by the
-  # suite's pass counter) runs uncompiled: a cached trace would keep using
-  # whichever call it was traced with.
-  if exact and not tf.inside_function() and "call" not in vars(f_b):
+  if exact and not tf.inside_function() and not _uncompiled_depth:
     return _compiled_loop(f_b, tf.cast(x, tf.float32), seed, noise, labels,
                           **settings)
   return _loop(f_b, x, seed, noise, labels, sign_fn=sign_fn,
@@ -302,3 +301,22 @@ def _loop(f_b, x, seed, noise, labels, epsilon, steps, step_size, target,
 # One trace per (f_b, seed object, settings, noise/labels given or not, image
 # rank); `reduce_retracing` relaxes the batch size after the second shape.
 _compiled_loop = tf.function(_loop, reduce_retracing=True)
+_uncompiled_depth = 0
+
+
+@contextlib.contextmanager
+def uncompiled():
+  """Runs eager `ll_pgd` calls uncompiled while active.
+
+  A compiled trace calls f_b's Python `call` only while tracing; code that
+  wraps that call (the suite's pass counter) needs every call to run it.
+
+  Yields:
+    None.
+  """
+  global _uncompiled_depth
+  _uncompiled_depth += 1
+  try:
+    yield
+  finally:
+    _uncompiled_depth -= 1

@@ -43,6 +43,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from adv_layer import transform
 from adv_layer.layer import find_transforms
 from attacks import apgd
 from attacks import common
@@ -662,7 +663,9 @@ def count_passes(model, transforms):
   """Counts forward image passes of `model` and of each transform's f_b.
 
   Wraps the `call` of the model and of every distinct f_b with a counter that
-  adds the batch size (works eagerly and inside `tf.function`). The transform
+  adds the batch size (works eagerly and inside `tf.function`); eager calls
+  of g run uncompiled meanwhile (`transform.uncompiled`), so none bypasses
+  the wrapper through a trace cached before the count began. The transform
   runs 1 + N forwards of f_b per image per draw (N = 13 in the paper), N of
   them followed by an input-gradient pass.
 
@@ -689,7 +692,8 @@ def count_passes(model, transforms):
   for layer, counter in wrapped:
     layer.call = counting(layer.call, counter)
   try:
-    yield counters
+    with transform.uncompiled():
+      yield counters
   finally:
     for (layer, _), own_call in zip(wrapped, saved):
       del layer.call

@@ -21,6 +21,7 @@ import tensorflow as tf
 from adv_layer import transform
 from attacks import common
 from attacks import estimators
+from attacks import pgd
 
 __all__ = ["choose_targets", "steered_transform", "target_selection"]
 
@@ -163,8 +164,7 @@ def target_selection(model,
       margin = least_likely_margin(transform.logits_float32(layer.f_b, x_adv),
                                    targets)
     improved = margin > best_margin
-    mask = tf.reshape(improved, [-1] + [1] * (len(x.shape) - 1))
-    best_x = tf.where(mask, x_adv, best_x)
+    best_x = pgd.keep_best(improved, x_adv, best_x)
     best_margin = tf.where(improved, margin, best_margin)
     if step < steps:
       grad = tape.gradient(margin, x_adv)

@@ -3,13 +3,13 @@
 import functools
 import os
 
-import keras
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
 
 from attacks import pgd as pgd_lib
+from examples import compare_apgd
 from tests import attack_properties
 
 EPSILON = 8 / 255
@@ -31,19 +31,8 @@ def trained_cifar_model():
     `(model, x_test, y_test)`: the model (logits out) and the first 64 test
     images with their labels (about 40% clean accuracy).
   """
-  x_train, y_train = load_cifar("train[:4000]")
+  model = compare_apgd.train_model(os.environ.get("TFDS_DATA_DIR"), seed=0)
   x_test, y_test = load_cifar("test[:64]")
-  keras.utils.set_random_seed(0)
-  model = keras.Sequential([
-      keras.Input((32, 32, 3)),
-      keras.layers.Conv2D(16, 3, strides=2, activation="relu"),
-      keras.layers.Conv2D(32, 3, strides=2, activation="relu"),
-      keras.layers.Flatten(),
-      keras.layers.Dense(10),
-  ])
-  model.compile(keras.optimizers.Adam(2e-3),
-                keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-  model.fit(x_train, y_train, batch_size=64, epochs=4, verbose=0, shuffle=False)
   return model, x_test, y_test
 
 
