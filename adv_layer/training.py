@@ -71,8 +71,9 @@ PRESETS = {
     # enough for a verdict (issue 11): the paper's f_b exactly (small_vgg at
     # full width, Madry PGD-7 at 8/255, step 2/255) for 30 epochs, the rate
     # dropped to 0.01 after 22; f_a a ResNet18 at half width (32 filters in
-    # its first stage) for 30 epochs, dropped after 22. Measured here (2 idle
-    # cores, AVX-512, oneDNN on): 6.2 min per epoch of f_b.
+    # its first stage) for 30 epochs, dropped after 22. `pretrain_fb.py
+    # --preset=strong_cpu --verbose=2` logged 11-40 min per epoch of f_b on 2
+    # cores (AVX-512, oneDNN on) niced beside other jobs (2026-11-29).
     "strong_cpu": dict(
         fb_model="small_vgg", fb_width=1.0, fb_epochs=30, fb_adversarial=True,
         fb_epsilon=8 / 255, fb_steps=7, fb_step_size=2 / 255,

@@ -26,9 +26,9 @@ sign(·) and a clip. An attack therefore differentiates a model that contains
   d sign(u)/du := 1/T (`temperature`, default 1) and the clips' true
   derivatives. Unlike `"unrolled"`, f_b's second-order terms survive: each
   step contributes I − (ε/T)·H(x'_t), H the input Hessian of f_b's loss.
-  With T = 1 that term is small next to I wherever ε‖H‖ ≪ 1 (measured:
-  gradients within cosine 1.0000 of `"unrolled"` on small CIFAR-10 nets); a
-  T near the typical |∇ℓ| makes it count.
+  With T = 1 that term is small next to I wherever ε‖H‖ ≪ 1, and the
+  gradient is close to `"unrolled"`'s; a T near the typical |∇ℓ| makes it
+  count.
 - `"bpda_exact_path"`: BPDA as eq. (5) describes it: the Jacobian of the
   smooth surrogate step, evaluated at the exact iterates of g (not along the
   surrogate's own trajectory, as `"bpda"` does): sign keeps its exact
