@@ -506,7 +506,9 @@ def run_checks(target, suite_result, x, y, convergence=True):
            if r.kind != suite.WHITE_BOX}
   flags.append(check_gradient_masking(white, black, tolerance=noise))
   if target.defended:
-    estimators = sorted({suite.REGISTRY[name].estimator for name in white})
+    # White-box attacks on g itself (target selection) use no estimator.
+    estimators = sorted({suite.REGISTRY[name].estimator for name in white}
+                        - {None})
   else:  # White-box attacks differentiate the model directly.
     estimators = ["direct"] if white else []
   stats = {}

@@ -278,7 +278,9 @@ class DefendedChecksTest(tf.test.TestCase):
         attack_properties.tiny_model(seed=2)])
     x, y = attack_properties.tiny_batch(batch=4)
     target = suite.Target(model)
-    result = suite.run_suite(target, x, y, ["bpda_identity_eot", "unrolled"],
+    # target_selection is white-box without an estimator of g.
+    result = suite.run_suite(target, x, y, ["bpda_identity_eot", "unrolled",
+                                            "target_selection"],
                              suite.Budget(steps=2, eot_samples=2), seed=0,
                              draws=2)
     flags, extras = sanity.run_checks(target, result, x, y, convergence=True)
