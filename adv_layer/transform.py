@@ -17,9 +17,13 @@ Called eagerly with the exact operators, `ll_pgd` runs its loop as one
 compiled `tf.function` (traced once per f_b, settings and image rank; the
 batch size is relaxed), as fast as a call inside the user's own function.
 Calls with surrogate operators run as written (eagerly or in the caller's
-graph), since each surrogate would need a trace of its own; inside
-`uncompiled()` every call does (code that watches f_b's Python-level calls,
-such as the suite's pass counter, needs them to happen).
+graph), since each surrogate would need a trace of its own.
+
+Counting f_b's passes: inside `counting_passes(f_b, counter)` every forward
+pass of f_b that this module makes in the calling thread (`logits_float32`,
+`input_gradient`, the loop of `ll_pgd`, compiled or not) adds its batch size
+to `counter`. The compiled loop takes the counter as an argument, so counting
+keeps it compiled and a trace never holds on to an old counter.
 
 Non-finite gradients: where f_b's input gradient is NaN or ±inf, that entry
 is treated as 0 (no step on that pixel in that iteration), so one bad pixel
@@ -28,6 +32,7 @@ cannot poison g(x) through `sign(NaN) = NaN`.
 
 import contextlib
 import numbers
+import threading
 
 import keras
 import tensorflow as tf
@@ -170,7 +175,14 @@ def target_labels(logits, target, seed=None):
 
 
 def logits_float32(f_b, x):
-  """Calls f_b in inference mode and returns float32 logits."""
+  """Calls f_b in inference mode and returns float32 logits (a counted pass)."""
+  return _logits(f_b, x, pass_counter(f_b))
+
+
+def _logits(f_b, x, counter):
+  """`logits_float32`, adding the batch size to `counter` unless it is None."""
+  if counter is not None:
+    counter.assign_add(tf.cast(tf.shape(x)[0], tf.int64))
   return tf.cast(f_b(x, training=False), tf.float32)
 
 
@@ -179,6 +191,7 @@ def input_gradient(f_b, x_adv, labels):
 
   Only the input is watched: no gradient reaches f_b's weights. Non-finite
   entries (NaN, ±inf) of the gradient are set to 0 (see the module docstring).
+  Its forward pass of f_b is counted (`counting_passes`).
 
   Args:
     f_b: the frozen model (logits out).
@@ -188,11 +201,16 @@ def input_gradient(f_b, x_adv, labels):
   Returns:
     The gradient, same shape as `x_adv`, every entry finite.
   """
+  return _input_gradient(f_b, x_adv, labels, pass_counter(f_b))
+
+
+def _input_gradient(f_b, x_adv, labels, counter):
+  """`input_gradient`, its pass added to `counter` unless it is None."""
   with tf.GradientTape() as tape:
     tape.watch(x_adv)
     loss = tf.reduce_sum(
         tf.nn.sparse_softmax_cross_entropy_with_logits(
-            labels=labels, logits=logits_float32(f_b, x_adv)))
+            labels=labels, logits=_logits(f_b, x_adv, counter)))
   grad = tape.gradient(loss, x_adv)
   return tf.where(tf.math.is_finite(grad), grad, tf.zeros_like(grad))
 
@@ -261,18 +279,21 @@ def ll_pgd(f_b,
                   value_range=(tuple(float(v) for v in value_range)
                                if clip_to_range else None))
   exact = sign_fn is tf.sign and project_fn is project
-  if exact and not tf.inside_function() and not _uncompiled_depth:
+  counter = pass_counter(f_b)
+  if exact and not tf.inside_function():
     return _compiled_loop(f_b, tf.cast(x, tf.float32), seed, noise, labels,
-                          **settings)
-  return _loop(f_b, x, seed, noise, labels, sign_fn=sign_fn,
+                          counter, **settings)
+  return _loop(f_b, x, seed, noise, labels, counter, sign_fn=sign_fn,
                project_fn=project_fn, **settings)
 
 
-def _loop(f_b, x, seed, noise, labels, epsilon, steps, step_size, target,
-          random_start, value_range, sign_fn=tf.sign, project_fn=project):
+def _loop(f_b, x, seed, noise, labels, counter, epsilon, steps, step_size,
+          target, random_start, value_range, sign_fn=tf.sign,
+          project_fn=project):
   """The LL-PGD loop of `ll_pgd` on validated settings.
 
-  `value_range` is None when iterates are not clipped to the range.
+  `value_range` is None when iterates are not clipped to the range; f_b's
+  passes are added to `counter` unless it is None.
   """
   x = tf.cast(x, tf.float32)
   noise_seed = target_seed = seed
@@ -280,7 +301,7 @@ def _loop(f_b, x, seed, noise, labels, epsilon, steps, step_size, target,
     noise_seed, target_seed = tf.unstack(
         tf.random.experimental.stateless_split(seed, 2))
   if labels is None:
-    labels, direction = target_labels(logits_float32(f_b, x), target,
+    labels, direction = target_labels(_logits(f_b, x, counter), target,
                                       target_seed)
   else:
     labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
@@ -292,31 +313,49 @@ def _loop(f_b, x, seed, noise, labels, epsilon, steps, step_size, target,
       noise = uniform_noise(tf.shape(x), epsilon, noise_seed)
     x_adv = project_fn(x + tf.cast(noise, tf.float32), x, epsilon, value_range)
   for _ in range(steps):
-    grad = input_gradient(f_b, x_adv, labels)
+    grad = _input_gradient(f_b, x_adv, labels, counter)
     x_adv = project_fn(x_adv + direction * step_size * sign_fn(grad), x,
                        epsilon, value_range)
   return x_adv
 
 
-# One trace per (f_b, seed object, settings, noise/labels given or not, image
-# rank); `reduce_retracing` relaxes the batch size after the second shape.
+# One trace per (f_b, seed object, settings, noise/labels/counter given or
+# not, image rank); `reduce_retracing` relaxes the batch size after the second
+# shape. A counter is an argument (a resource), so any counter reuses a trace.
 _compiled_loop = tf.function(_loop, reduce_retracing=True)
-_uncompiled_depth = 0
+# f_b's pass counters of `counting_passes`, per thread (evaluation replicas
+# run in threads, each counting its own copy of f_b): id(f_b) -> tf.Variable.
+_counters = threading.local()
+
+
+def pass_counter(f_b):
+  """The counter `counting_passes` set for `f_b` in this thread, or None."""
+  return getattr(_counters, "by_model", {}).get(id(f_b))
 
 
 @contextlib.contextmanager
-def uncompiled():
-  """Runs eager `ll_pgd` calls uncompiled while active.
+def counting_passes(f_b, counter):
+  """Adds the batch size of each pass of `f_b` made here to `counter`.
 
-  A compiled trace calls f_b's Python `call` only while tracing; code that
-  wraps that call (the suite's pass counter) needs every call to run it.
+  Covers every forward pass of f_b made through this module in the calling
+  thread while active (the transform's 1 + N passes per image, N of them
+  with an input gradient; `logits_float32`; `input_gradient`), eagerly,
+  compiled by `ll_pgd`, or traced into a caller's function while active.
+
+  Args:
+    f_b: the model whose passes to count.
+    counter: a scalar int64 `tf.Variable`.
 
   Yields:
     None.
   """
-  global _uncompiled_depth
-  _uncompiled_depth += 1
+  by_model = _counters.__dict__.setdefault("by_model", {})
+  previous = by_model.get(id(f_b))
+  by_model[id(f_b)] = counter
   try:
     yield
   finally:
-    _uncompiled_depth -= 1
+    if previous is None:
+      del by_model[id(f_b)]
+    else:
+      by_model[id(f_b)] = previous

@@ -26,8 +26,9 @@ Resuming: each finished unit is written atomically into
 `os.replace`) as an .npz named by `Plan.key`: attack, block, digests of the
 budget (with R and `unit_size`) and of the model (config and weight bytes),
 and the seed. A rerun skips the units already there, so `kill -9` loses at
-most the units in flight (one per process). A killed write leaves a hidden
-`.*.tmp` file, ignored by everything here and safe to delete.
+most the units in flight (one per process, or one per replica thread with
+`replicas`). A killed write leaves a hidden `.*.tmp` file, ignored by
+everything here and safe to delete.
 `<report_dir>/units/plan.json` records the evaluation; a run whose budget, R,
 `unit_size`, model, images, attacks or seed differ is refused with a
 ValueError naming the differences: use a fresh report_dir. The model digest
@@ -51,16 +52,20 @@ Example (shard i of 2; `examples/attack_eval.py` is the command line):
   >>> runner.replay(target, "runs/eval/adversarial.npz", 3, "square")
 """
 
+import collections
+import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 import os
 import tempfile
+import threading
 import time
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from attacks import common
 from attacks import sanity
@@ -360,7 +365,7 @@ def _run_unit(target, plan, unit, x, y):
 
 def run(target, x, y, attacks, report_dir, budget=suite.Budget(), seed=0,
         draws=suite.REFERENCE_DRAWS, unit_size=100, num_shards=1, shard_index=0,
-        keep_going=False, progress=None):
+        keep_going=False, progress=None, replicas=None):
   """Runs one shard of an evaluation, skipping the units already finished.
 
   Args:
@@ -378,7 +383,12 @@ def run(target, x, y, attacks, report_dir, budget=suite.Budget(), seed=0,
     keep_going: record a unit that raises in `RunSummary.failed` and go on,
       instead of raising.
     progress: optional callable `(unit, key, status)` called after each unit,
-      status "ran", "reused" or "failed".
+      status "ran", "reused" or "failed" (from one thread at a time).
+    replicas: None (the units run one after another on `target`), or a list
+      of `(device, target)` pairs, copies of `target` placed on their devices
+      (`attacks.distributed.replicate`): the shard's units then run
+      concurrently, one thread per replica, each unit whole on one device.
+      A unit's result does not depend on the replica that runs it.
 
   Returns:
     A `RunSummary`.
@@ -392,27 +402,69 @@ def run(target, x, y, attacks, report_dir, budget=suite.Budget(), seed=0,
   units = plan.units(num_shards, shard_index)
   folder = _claim(report_dir, plan)
   summary = RunSummary(ran=[], reused=[], failed={})
+  pending = []
   for unit in units:
     key = plan.key(unit)
-    path = os.path.join(folder, key)
-    if os.path.exists(path):
+    if os.path.exists(os.path.join(folder, key)):
       summary.reused.append(key)
-      status = "reused"
+      if progress is not None:
+        progress(unit, key, "reused")
     else:
-      try:
-        arrays, meta = _run_unit(target, plan, unit, x, y)
-      except Exception as error:  # pylint: disable=broad-except
-        if not keep_going:
-          raise
-        summary.failed[key] = f"{type(error).__name__}: {error}"
-        status = "failed"
-      else:
-        _write_npz(path, arrays, meta)
-        summary.ran.append(key)
-        status = "ran"
-    if progress is not None:
-      progress(unit, key, status)
+      pending.append(unit)
+  _execute(plan, pending, replicas or [(None, target)], x, y, folder, summary,
+           keep_going, progress)
   return summary
+
+
+def _execute(plan, pending, replicas, x, y, folder, summary, keep_going,
+             progress):
+  """Runs `pending` units on the replicas, one thread each, writing each unit.
+
+  Threads take the next unit from one shared queue, so a slow unit does not
+  hold the others back. Without `keep_going` the first error stops every
+  thread after its unit in flight and is raised here.
+  """
+  queue = collections.deque(pending)
+  lock = threading.Lock()
+  errors = []
+
+  def work(device, replica):
+    while True:
+      with lock:
+        if errors or not queue:
+          return
+        unit = queue.popleft()
+      key = plan.key(unit)
+      try:
+        with tf.device(device) if device else contextlib.nullcontext():
+          arrays, meta = _run_unit(replica, plan, unit, x, y)
+        _write_npz(os.path.join(folder, key), arrays, meta)
+      except Exception as error:  # pylint: disable=broad-except
+        with lock:
+          if not keep_going:
+            errors.append(error)
+            return
+          summary.failed[key] = f"{type(error).__name__}: {error}"
+          status = "failed"
+      else:
+        with lock:
+          summary.ran.append(key)
+        status = "ran"
+      if progress is not None:
+        with lock:
+          progress(unit, key, status)
+
+  if len(replicas) == 1:
+    work(*replicas[0])
+  else:
+    threads = [threading.Thread(target=work, args=pair, daemon=True)
+               for pair in replicas]
+    for thread in threads:
+      thread.start()
+    for thread in threads:
+      thread.join()
+  if errors:
+    raise errors[0]
 
 
 @dataclasses.dataclass

@@ -662,12 +662,12 @@ def plan(target, names):
 def count_passes(model, transforms):
   """Counts forward image passes of `model` and of each transform's f_b.
 
-  Wraps the `call` of the model and of every distinct f_b with a counter that
-  adds the batch size (works eagerly and inside `tf.function`); eager calls
-  of g run uncompiled meanwhile (`transform.uncompiled`), so none bypasses
-  the wrapper through a trace cached before the count began. The transform
-  runs 1 + N forwards of f_b per image per draw (N = 13 in the paper), N of
-  them followed by an input-gradient pass.
+  The model's `call` is wrapped with a counter that adds the batch size
+  (eagerly and inside `tf.function`); f_b's passes are counted by the
+  transform itself (`transform.counting_passes`, in the calling thread), so
+  eager calls of g stay compiled. The transform runs 1 + N forwards of f_b
+  per image per draw (N = 13 in the paper), N of them followed by an
+  input-gradient pass.
 
   Args:
     model: the Keras model under attack.
@@ -678,27 +678,23 @@ def count_passes(model, transforms):
   """
   counters = {"model": tf.Variable(0, dtype=tf.int64, trainable=False),
               "f_b": tf.Variable(0, dtype=tf.int64, trainable=False)}
-  wrapped = [(model, counters["model"])]
-  f_bs = {id(layer.f_b): layer.f_b for layer in transforms}
-  wrapped += [(f_b, counters["f_b"]) for f_b in f_bs.values()]
+  call = model.call
+  own_call = model.__dict__.get("call")
 
-  def counting(call, counter):
-    def wrapper(inputs, *args, **kwargs):
-      counter.assign_add(tf.cast(tf.shape(inputs)[0], tf.int64))
-      return call(inputs, *args, **kwargs)
-    return wrapper
+  def counting(inputs, *args, **kwargs):
+    counters["model"].assign_add(tf.cast(tf.shape(inputs)[0], tf.int64))
+    return call(inputs, *args, **kwargs)
 
-  saved = [layer.__dict__.get("call") for layer, _ in wrapped]
-  for layer, counter in wrapped:
-    layer.call = counting(layer.call, counter)
+  model.call = counting
   try:
-    with transform.uncompiled():
+    with contextlib.ExitStack() as stack:
+      for f_b in {id(layer.f_b): layer.f_b for layer in transforms}.values():
+        stack.enter_context(transform.counting_passes(f_b, counters["f_b"]))
       yield counters
   finally:
-    for (layer, _), own_call in zip(wrapped, saved):
-      del layer.call
-      if own_call is not None:
-        layer.call = own_call
+    del model.call
+    if own_call is not None:
+      model.call = own_call
 
 
 @dataclasses.dataclass

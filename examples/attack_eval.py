@@ -27,16 +27,21 @@ image set in the same folder is refused). --num_shards=N --shard_index=i
 runs one slice of the blocks and stops; once all shards are done,
 --merge_only builds the one report, identical to a single process's.
 --dry_run prints the cost (f_b and model passes, FLOPs, time measured on
-this machine, wall time spread over --num_shards) and stops. Besides
-report.json/md and plots, the report folder gets robustbench.json and
+this machine, wall time spread over the shards and devices) and stops.
+Besides report.json/md and plots, the report folder gets robustbench.json and
 adversarial.npz (every adversarial image with its seeds), from which
 --replay_attack=NAME --replay_example=K reproduces one result exactly.
 
-On a host with 4 GPUs: 4 processes, `CUDA_VISIBLE_DEVICES=$i python
-examples/attack_eval.py ... --num_shards=4 --shard_index=$i &`, then one
-`--merge_only`. As a Slurm array job: `#SBATCH --array=0-15` with
---num_shards=16 --shard_index=$SLURM_ARRAY_TASK_ID on a shared --report_dir,
-then --merge_only in a job with `--dependency=afterok:<array job id>` (a
+On a host with 4 GPUs: one process, `--strategy=mirrored` (one model copy
+and one thread per GPU, each taking the next unit); or 4 processes,
+`CUDA_VISIBLE_DEVICES=$i python examples/attack_eval.py ... --num_shards=4
+--shard_index=$i &`, then one `--merge_only`. On a cluster driven by
+tf.distribute: the same command on every worker with `TF_CONFIG` and
+`--strategy=multi_worker` (each worker one shard on all its devices; the
+chief writes the report once every worker has finished). As a Slurm array
+job: `#SBATCH --array=0-15` with --num_shards=16
+--shard_index=$SLURM_ARRAY_TASK_ID on a shared --report_dir, then
+--merge_only in a job with `--dependency=afterok:<array job id>` (a
 Kubernetes indexed Job: --shard_index=$JOB_COMPLETION_INDEX). A preempted
 task reruns its command and skips its finished units. Train or pass the
 surrogates before starting shards (they are saved in --report_dir and reused).
@@ -72,6 +77,7 @@ import adv_layer  # Registers AdversarialTransform for load_model.
 from adv_layer import data
 from adv_layer import training
 from attacks import common
+from attacks import distributed
 from attacks import report
 from attacks import runner
 from attacks import sanity
@@ -159,6 +165,12 @@ def define_flags():
   flags.DEFINE_integer("unit_size", 100, "Images per unit of the evaluation.")
   flags.DEFINE_integer("num_shards", 1, "N: shards of the evaluation.")
   flags.DEFINE_integer("shard_index", 0, "The shard this process runs.")
+  flags.DEFINE_enum("strategy", "default", list(training.STRATEGIES),
+                    "tf.distribute strategy: 'mirrored' runs units on every "
+                    "local device at once (one model copy and thread each); "
+                    "'multi_worker' makes each worker of TF_CONFIG's cluster "
+                    "one shard, and the chief writes the report once all "
+                    "have finished.")
   flags.DEFINE_bool("merge_only", False,
                     "Build the report from the finished units of all shards.")
   flags.DEFINE_bool("dry_run", False,
@@ -288,27 +300,50 @@ def data_name():
   return "CIFAR-10 (JPEG copy)" if FLAGS.dataset == "cifar10" else FLAGS.dataset
 
 
-def run_units(target, x, y, names, budget, draws):
+def shard_of(strategy):
+  """`(num_shards, shard_index)`: the flags', or the cluster's (multi-worker).
+
+  Raises:
+    ValueError: for --num_shards > 1 with --strategy=multi_worker.
+  """
+  if FLAGS.strategy != "multi_worker":
+    return FLAGS.num_shards, FLAGS.shard_index
+  if FLAGS.num_shards != 1:
+    raise ValueError("--strategy=multi_worker makes each worker one shard; "
+                     f"leave --num_shards at 1. Received: num_shards="
+                     f"{FLAGS.num_shards}")
+  return distributed.worker_shard(strategy)
+
+
+def run_units(strategy, target, x, y, names, budget, draws):
   """Runs this shard's unfinished units (`attacks.runner.run`).
+
+  Under a strategy other than the default they run on its devices
+  (`attacks.distributed.run`, which waits for every worker).
 
   Returns:
     The failed units' keys and errors (a rerun retries them).
   """
+  num_shards, shard_index = shard_of(strategy)
   plan = runner.make_plan(target, x, y, names, budget, FLAGS.seed, draws,
                           FLAGS.unit_size)
-  units = plan.units(FLAGS.num_shards, FLAGS.shard_index)
-  with tqdm.tqdm(total=len(units), desc=f"shard {FLAGS.shard_index}/"
-                 f"{FLAGS.num_shards} units") as bar:
+  units = plan.units(num_shards, shard_index)
+  with tqdm.tqdm(total=len(units), desc=f"shard {shard_index}/"
+                 f"{num_shards} units") as bar:
 
     def progress(unit, key, status):
       del key
       bar.set_postfix(attack=unit.attack, block=unit.block, status=status)
       bar.update(1)
 
-    summary = runner.run(
-        target, x, y, names, FLAGS.report_dir, budget, seed=FLAGS.seed,
-        draws=draws, unit_size=FLAGS.unit_size, num_shards=FLAGS.num_shards,
-        shard_index=FLAGS.shard_index, keep_going=True, progress=progress)
+    args = (target, x, y, names, FLAGS.report_dir, budget)
+    kwargs = dict(seed=FLAGS.seed, draws=draws, unit_size=FLAGS.unit_size,
+                  keep_going=True, progress=progress)
+    if FLAGS.strategy == "default":
+      summary = runner.run(*args, num_shards=num_shards,
+                           shard_index=shard_index, **kwargs)
+    else:
+      summary = distributed.run(strategy, *args, **kwargs)
   print(f"Units: ran {len(summary.ran)}, reused {len(summary.reused)}, "
         f"failed {len(summary.failed)}")
   for key, error in summary.failed.items():
@@ -357,6 +392,7 @@ def transform_grid(target, suite_result, x):
 def main(argv):
   del argv
   start = time.perf_counter()
+  strategy = training.make_strategy(FLAGS.strategy)  # First: cluster setup.
   budget, draws, num_examples = make_budget(
       FLAGS.budget, parse_epsilon(FLAGS.epsilon),
       {name: getattr(FLAGS, name) for name in OVERRIDES})
@@ -381,13 +417,17 @@ def main(argv):
     estimate = runner.estimate_cost(
         target, x, y, names, budget, seed=FLAGS.seed, draws=draws,
         unit_size=FLAGS.unit_size,
-        shards=sorted({1, FLAGS.num_shards}))
+        shards=sorted({1, shard_of(strategy)[0] *
+                       len(distributed.local_devices(strategy))}))
     print(estimate.table())
     print(f"(probes: {estimate.probe_images} images, "
           f"{estimate.probe_s:.1f} s)")
     return 0
   if not FLAGS.merge_only:
-    failed = run_units(target, x, y, names, budget, draws)
+    failed = run_units(strategy, target, x, y, names, budget, draws)
+    if FLAGS.strategy == "multi_worker" and not training.is_chief(strategy):
+      print("Worker done (every worker is); the chief writes the report.")
+      return 1 if failed and not FLAGS.keep_going else 0
     if FLAGS.num_shards > 1:
       print(f"Shard {FLAGS.shard_index} of {FLAGS.num_shards} done; when every "
             "shard is, rerun with --merge_only for the report.")

@@ -17,7 +17,12 @@ Measures, in one run on one machine (DESIGN.md "Performance"; issue 2 Sec. 6):
 2. Time per training epoch of the defended model f_a(g(x)) vs PGD-7
    adversarial training (Madry et al.) of the same f_a on the same images,
    side by side, both with `model.fit`.
-3. Optionally a bfloat16 inner loop: a copy of f_b under the
+3. The evaluation's rate: an EOT white-box attack of the suite (PGD through
+   BPDA-I, `attacks.suite.run_attack`, f_b passes counted by the suite) on
+   f_a(g(x)) with the same f_b, in f_b forward passes per second beside the
+   transform's own (14 per image per draw; target >= 0.8 of it: the
+   evaluation is bound by the transform, not by Python).
+4. Optionally a bfloat16 inner loop: a copy of f_b under the
    `mixed_bfloat16` policy runs inside the same float32 LL-PGD loop (only the
    sign of its gradient is used); its speed, the fraction of pixels of g(x)
    equal to the float32 result under the same random start, and the fraction
@@ -56,6 +61,7 @@ from adv_layer import folding
 from adv_layer import models
 from adv_layer import training
 from adv_layer import transform
+from attacks import suite
 
 FLAGS = flags.FLAGS
 
@@ -78,6 +84,11 @@ def define_flags():
                        "units); 0 skips the bfloat16 mode.")
   flags.DEFINE_string("fb", None, "A trained f_b (.keras file); default: the "
                       "paper's small VGG with random weights (same speed).")
+  flags.DEFINE_integer("attack_images", 128,
+                       "Images of the EOT attack's rate, a prefix of the batch "
+                       "(0 skips it).")
+  flags.DEFINE_integer("attack_eot_samples", 2,
+                       "EOT samples of the attack's rate.")
   flags.DEFINE_integer("train_images", 512, "Images per training epoch (0 skips).")
   flags.DEFINE_integer("train_batch_size", 128, "Training batch size.")
   flags.DEFINE_enum("f_a", "small_cnn", ["small_cnn", "resnet18"], "Classifier f_a.")
@@ -341,6 +352,45 @@ def epoch_seconds(model, x, y, batch_size):
   return time.perf_counter() - start
 
 
+def attack_rate(f_b, f_a_name, x, epsilon, steps, eot_samples, repeats, seed):
+  """f_b forward passes per second of the suite's BPDA-I EOT PGD attack.
+
+  Runs `bpda_identity_eot` (2 steps, 8/255, `eot_samples` draws per
+  gradient, the default chunking) on f_a(g(x)) through
+  `attacks.suite.run_attack`, the path of every evaluation, which counts f_b's
+  passes and times the attack; the best of `repeats` runs after one untimed
+  run (traces, first allocations).
+
+  Args:
+    f_b: the model of the transform.
+    f_a_name: the classifier behind g (`build_f_a`).
+    x: the images.
+    epsilon: Δ of g.
+    steps: N of g.
+    eot_samples: draws per gradient.
+    repeats: timed runs.
+    seed: seed of f_a, the labels and the attack.
+
+  Returns:
+    dict with `f_b_passes_per_s`, `images`, `eot_samples`, `seconds`.
+  """
+  f_a = build_f_a(f_a_name, x.shape[1:], seed)
+  model = training.defended_model(f_b, f_a, epsilon=epsilon, steps=steps,
+                                  seed=seed)
+  target = suite.Target(model)
+  y = np.random.default_rng(seed).integers(0, 10, len(x)).astype(np.int32)
+  budget = suite.Budget(steps=2, eot_samples=eot_samples)
+  spec = suite.REGISTRY["bpda_identity_eot"]
+  runs = []
+  for _ in range(repeats + 1):
+    result = suite.run_attack(target, "bpda_identity_eot", spec, np.asarray(x),
+                              y, budget, seed=seed, draws=1)
+    runs.append((result.elapsed_s, result.f_b_passes))
+  seconds, passes = min(runs[1:])
+  return {"f_b_passes_per_s": passes / seconds, "images": int(len(x)),
+          "eot_samples": int(eot_samples), "seconds": seconds}
+
+
 def training_comparison(f_b, f_a_name, x, y, epsilon, steps, pgd_epsilon,
                         pgd_step_size, pgd_steps, batch_size, seed):
   """Times one epoch of f_a(g(x)) and of PGD adversarial training of f_a.
@@ -446,6 +496,7 @@ def run_benchmark(f_b, x, epsilon, steps, repeats, matmul_size, jit_compile,
         transform_fn(f_b, epsilon, steps, seed, jit_compile=True), x, repeats)
   results = {
       "batch_size": int(x.shape[0]),
+      "steps": int(steps),
       "layer_eager_images_per_s": eager,
       "layer_compiled_images_per_s": compiled,
       "eager_over_compiled": eager / compiled,
@@ -506,6 +557,16 @@ def results_rows(info, settings, results):
          f"first-step gradient signs {100 * results['bf16_sign_agreement']:.1f}% "
          "equal"),
     ]
+  if "attack" in results:
+    attack = results["attack"]
+    transform_rate = (results["transform_images_per_s"] *
+                      (results["steps"] + 1))
+    rows.append((
+        "EOT attack (BPDA-I PGD)",
+        f"{attack['f_b_passes_per_s']:.0f} f_b passes/s on "
+        f"{attack['images']} images x EOT {attack['eot_samples']}; transform "
+        f"{transform_rate:.0f} f_b passes/s: ratio "
+        f"{attack['f_b_passes_per_s'] / transform_rate:.2f} (target >= 0.8)"))
   if "epoch_seconds" in results:
     epoch = results["epoch_seconds"]
     rows += [
@@ -530,6 +591,10 @@ def main(argv):
                           FLAGS.matmul_size, FLAGS.jit_compile,
                           FLAGS.bf16_batch_size,
                           FLAGS.seed)
+  if FLAGS.attack_images:
+    results["attack"] = attack_rate(
+        f_b, FLAGS.f_a, images[:FLAGS.attack_images], FLAGS.epsilon,
+        FLAGS.steps, FLAGS.attack_eot_samples, FLAGS.repeats, FLAGS.seed)
   if FLAGS.train_images:
     results["epoch_seconds"] = training_comparison(
         f_b, FLAGS.f_a, images[:FLAGS.train_images], labels[:FLAGS.train_images],

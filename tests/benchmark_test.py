@@ -133,6 +133,20 @@ class TrainingComparisonTest(tf.test.TestCase):
     self.assertGreater(min(seconds.values()), 0)
 
 
+class AttackRateTest(tf.test.TestCase):
+
+  def test_counts_every_pass_of_the_timed_attack(self):
+    x = benchmark.load_images("random", 3, seed=0)[0]
+    f_b = models.small_vgg(width=0.0625, seed=0)
+    rate = benchmark.attack_rate(f_b, "small_cnn", x, epsilon=0.2, steps=2,
+                                 eot_samples=2, repeats=1, seed=0)
+    self.assertEqual((rate["images"], rate["eot_samples"]), (3, 2))
+    # 2 PGD steps + the final check = 3 EOT gradients of 3 images x 2 draws,
+    # each draw of g 1 + 2 passes of f_b.
+    self.assertAllClose(rate["f_b_passes_per_s"] * rate["seconds"],
+                        3 * 3 * 2 * 3)
+
+
 class ReportTest(tf.test.TestCase):
 
   def test_random_images_repeat_under_a_seed(self):
@@ -151,7 +165,9 @@ class ReportTest(tf.test.TestCase):
         "folded_images_per_s": 22.0, "folded_fraction_of_matmul": 0.374,
         "layer_eager_images_per_s": 19.0, "layer_compiled_images_per_s": 20.0,
         "eager_over_compiled": 0.95, "xla_images_per_s": 25.0,
-        "epoch_seconds": {"defended": 10.0, "pgd": 4.0},
+        "epoch_seconds": {"defended": 10.0, "pgd": 4.0}, "steps": 13,
+        "attack": {"f_b_passes_per_s": 224.0, "images": 128,
+                   "eot_samples": 2, "seconds": 3.0},
     }
     info = benchmark.machine_info()
     self.assertEqual(set(info), {"cpu", "cores", "tensorflow", "keras", "oneDNN"})
@@ -163,6 +179,9 @@ class ReportTest(tf.test.TestCase):
     self.assertIn("22.0 images/s = 37.4% of matmul (1.10x unfolded", table)
     self.assertIn("25.0 images/s (the layer opts out of XLA", table)
     self.assertIn("defended / PGD = 2.50", table)
+    # 20 images/s x 14 passes = 280 f_b passes/s; 224 / 280 = 0.8.
+    self.assertIn("224 f_b passes/s on 128 images x EOT 2; transform 280 f_b "
+                  "passes/s: ratio 0.80 (target >= 0.8)", table)
 
 
 if __name__ == "__main__":

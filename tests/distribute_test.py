@@ -8,7 +8,6 @@ devices, and a multi-worker cluster needs one process per worker.
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,16 +15,11 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
+from tests import cluster as cluster_helpers
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 MAIN = os.path.join(HERE, "multi_worker_main.py")
 TIMEOUT_S = 240
-
-
-def free_port():
-  """A localhost TCP port that was free a moment ago."""
-  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
 
 
 def start_worker(mode, out_path, tf_config=None):
@@ -78,7 +72,8 @@ RUNS = {}
 
 def start_cluster(mode, paths):
   """Starts one `mode` worker per path, a cluster on free localhost ports."""
-  cluster = {"worker": [f"localhost:{free_port()}" for _ in paths]}
+  cluster = {"worker": [f"localhost:{cluster_helpers.free_port()}"
+                        for _ in paths]}
   return [
       start_worker(mode, path,
                    {"cluster": cluster, "task": {"type": "worker", "index": i}})

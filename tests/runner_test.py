@@ -3,11 +3,15 @@
 One evaluation of a tiny defended model (4x4x1 images, dense f_b and f_a,
 2 LL-PGD steps; 8 images in 2 blocks of 4; clean + BPDA-I+EOT PGD + Square =
 6 units, scored with 2 draws of g) runs once in this process (the
-reference), once as 2 shard processes of examples/attack_eval.py, and once
-as a process killed with SIGKILL after its first unit file appears (then
-resumed here). All of them start together in `setUpClass`.
+reference), once as 2 shard processes of examples/attack_eval.py, once as a
+process killed with SIGKILL after its first unit file appears (then resumed
+here), once under MirroredStrategy on two logical CPUs
+(tests/eval_distributed_main.py) and once as a 2-worker
+MultiWorkerMirroredStrategy cluster on localhost (attack_eval.py
+--strategy=multi_worker). All of them start together in `setUpClass`.
 """
 
+import json
 import os
 import shutil
 import signal
@@ -25,6 +29,7 @@ import adv_layer
 from attacks import runner
 from attacks import suite
 from tests import attack_properties
+from tests import cluster as cluster_helpers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ATTACKS = ["bpda_identity_eot", "square"]
@@ -43,9 +48,13 @@ def tiny_defended():
       adv_layer.AdversarialTransform(f_b, epsilon=0.2, steps=2, seed=0), f_a])
 
 
-def cli(folder, *extra):
+def cli(folder, *extra, tf_config=None):
   """Starts examples/attack_eval.py with the evaluation's flags."""
-  env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+  env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2",
+             CUDA_VISIBLE_DEVICES="")
+  env.pop("TF_CONFIG", None)
+  if tf_config is not None:
+    env["TF_CONFIG"] = json.dumps(tf_config)
   return subprocess.Popen(
       [sys.executable, os.path.join(ROOT, "examples", "attack_eval.py"),
        f"--model={folder}/model.keras", f"--data_npz={folder}/data.npz",
@@ -78,9 +87,21 @@ class RunnerTest(tf.test.TestCase):
     cls.x, cls.y = attack_properties.tiny_batch(batch=IMAGES, classes=4)
     np.savez(os.path.join(cls.folder, "data.npz"), x=cls.x, y=cls.y)
     dirs = {name: os.path.join(cls.folder, name)
-            for name in ("single", "sharded", "killed")}
+            for name in ("single", "sharded", "killed", "mirrored",
+                         "multi_worker")}
     shards = [cli(cls.folder, "--num_shards=2", f"--shard_index={i}",
                   f"--report_dir={dirs['sharded']}") for i in range(2)]
+    mirrored = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "tests", "eval_distributed_main.py"),
+         cls.folder], env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    cluster = {"worker": [f"localhost:{cluster_helpers.free_port()}"
+                          for _ in range(2)]}
+    workers = [cli(cls.folder, "--strategy=multi_worker", "--convergence=false",
+                   "--eot_curve=", f"--report_dir={dirs['multi_worker']}",
+                   tf_config={"cluster": cluster,
+                              "task": {"type": "worker", "index": i}})
+               for i in range(2)]
     killed = cli(cls.folder, f"--report_dir={dirs['killed']}")
     cls.killed_files = []
     watcher = threading.Thread(target=kill_after_first_unit, args=(
@@ -95,6 +116,10 @@ class RunnerTest(tf.test.TestCase):
     cls.resumed = cls.evaluate(dirs["killed"])
     cls.shard_logs = [p.communicate()[0].decode() for p in shards]
     cls.shard_codes = [p.returncode for p in shards]
+    cls.mirrored_log = mirrored.communicate()[0].decode()
+    cls.mirrored_code = mirrored.returncode
+    cls.worker_logs = [p.communicate()[0].decode() for p in workers]
+    cls.worker_codes = [p.returncode for p in workers]
 
   @classmethod
   def evaluate(cls, report_dir, model=None, **changes):
@@ -145,6 +170,29 @@ class RunnerTest(tf.test.TestCase):
   def test_two_shard_processes_merge_to_the_single_process_result(self):
     self.assertEqual(self.shard_codes, [0, 0], self.shard_logs)
     self.assert_same_result(runner.merge(self.dirs["sharded"]), self.single)
+
+  def test_mirrored_strategy_on_two_logical_cpus_equals_one_device(self):
+    self.assertEqual(self.mirrored_code, 0, self.mirrored_log)
+    with open(os.path.join(self.folder, "mirrored.json")) as f:
+      seen = json.load(f)
+    self.assertEqual(seen["ran"], UNITS)
+    # Both replicas took units, each with its own copy of the model on its
+    # own device.
+    self.assertLen(seen["threads"], 2)
+    self.assertEqual([d.rsplit("/", 1)[-1] for d in seen["devices"]],
+                     ["device:CPU:0", "device:CPU:1"])
+    self.assertEqual([[d.rsplit("/", 1)[-1] for d in devices]
+                      for devices in seen["weight_devices"]],
+                     [["device:CPU:0"], ["device:CPU:1"]])
+    self.assert_same_result(runner.merge(self.dirs["mirrored"]), self.single)
+
+  def test_two_worker_cluster_equals_one_process(self):
+    self.assertEqual(self.worker_codes, [0, 0], self.worker_logs)
+    self.assertIn("the chief writes the report", self.worker_logs[1])
+    folder = self.dirs["multi_worker"]
+    self.assertTrue(os.path.exists(os.path.join(folder, "report.json")),
+                    self.worker_logs[0])
+    self.assert_same_result(runner.merge(folder), self.single)
 
   def test_missing_units_make_the_merge_refuse_or_incomplete(self):
     folder = os.path.join(self.folder, "incomplete")

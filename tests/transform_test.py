@@ -1,6 +1,7 @@
 """Tests of `adv_layer.transform.ll_pgd`, g(x) of the paper (Sec. 3.2, eqs. 2-3)."""
 
 import os
+import threading
 
 from absl.testing import parameterized
 import keras
@@ -357,6 +358,53 @@ class ArgumentTest(tf.test.TestCase, parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, message.replace("(", r"\(").replace(
         ")", r"\)").replace(".", r"\.")):
       transform.ll_pgd(linear_f_b(W3), X, **kwargs)
+
+
+class PassCountingTest(tf.test.TestCase):
+  """`counting_passes` counts f_b's passes exactly and keeps g compiled."""
+
+  def test_counts_each_pass_and_keeps_one_trace(self):
+    f_b, x = tiny_f_b(), tf.constant(tiny_images(batch=5))
+    transform.ll_pgd(f_b, x, steps=3, seed=0)  # Trace without a counter.
+    before = transform._compiled_loop.experimental_get_tracing_count()
+    counts = []
+    for _ in range(3):
+      counter = tf.Variable(0, dtype=tf.int64)
+      with transform.counting_passes(f_b, counter):
+        transform.ll_pgd(f_b, x, steps=3, seed=0)  # 1 + 3 passes per image.
+        transform.ll_pgd(f_b, x, steps=3, seed=0, labels=[0] * 5)  # 3 each.
+        transform.logits_float32(f_b, x[:2])
+        transform.input_gradient(f_b, x[:1], [0])
+      transform.ll_pgd(f_b, x, steps=3, seed=0)  # Not counted any more.
+      counts.append(int(counter.numpy()))
+    self.assertEqual(counts, [5 * 4 + 5 * 3 + 2 + 1] * 3)
+    # One more trace for each call with a counter (labels given or not);
+    # new counters reuse them.
+    self.assertEqual(
+        transform._compiled_loop.experimental_get_tracing_count() - before, 2)
+
+  def test_counted_result_equals_uncounted(self):
+    f_b, x = tiny_f_b(), tiny_images()
+    plain = transform.ll_pgd(f_b, x, steps=3, seed=4)
+    with transform.counting_passes(f_b, tf.Variable(0, dtype=tf.int64)):
+      counted = transform.ll_pgd(f_b, x, steps=3, seed=4)
+      surrogate = transform.ll_pgd(f_b, x, steps=3, seed=4, sign_fn=tf.tanh)
+    self.assertAllEqual(plain, counted)
+    self.assertEqual(surrogate.shape, x.shape)
+
+  def test_other_threads_and_models_are_not_counted(self):
+    f_b, other, x = tiny_f_b(seed=0), tiny_f_b(seed=1), tiny_images(batch=3)
+    counter = tf.Variable(0, dtype=tf.int64)
+    with transform.counting_passes(f_b, counter):
+      thread = threading.Thread(
+          target=lambda: transform.ll_pgd(f_b, x, steps=2, seed=0))
+      thread.start()
+      thread.join()
+      transform.ll_pgd(other, x, steps=2, seed=0)
+      self.assertEqual(int(counter.numpy()), 0)
+      transform.ll_pgd(f_b, x, steps=2, seed=0, sign_fn=tf.tanh)
+    self.assertEqual(int(counter.numpy()), 3 * 3)
+    self.assertIsNone(transform.pass_counter(f_b))
 
 
 def load_cifar10(split):
