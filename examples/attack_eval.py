@@ -71,6 +71,7 @@ from absl import app
 from absl import flags
 import keras
 import numpy as np
+import tensorflow as tf
 import tqdm
 
 import adv_layer  # Registers AdversarialTransform for load_model.
@@ -165,6 +166,10 @@ def define_flags():
   flags.DEFINE_integer("unit_size", 100, "Images per unit of the evaluation.")
   flags.DEFINE_integer("num_shards", 1, "N: shards of the evaluation.")
   flags.DEFINE_integer("shard_index", 0, "The shard this process runs.")
+  flags.DEFINE_integer("cpu_devices", None,
+                       "Split the CPU into this many logical devices before "
+                       "TensorFlow starts (so --strategy=mirrored can run on "
+                       "a CPU host: tests, scaling measurements).")
   flags.DEFINE_enum("strategy", "default", list(training.STRATEGIES),
                     "tf.distribute strategy: 'mirrored' runs units on every "
                     "local device at once (one model copy and thread each); "
@@ -300,6 +305,20 @@ def data_name():
   return "CIFAR-10 (JPEG copy)" if FLAGS.dataset == "cifar10" else FLAGS.dataset
 
 
+def split_cpu(count):
+  """Splits the CPU into `count` logical devices (before any TF op).
+
+  Raises:
+    ValueError: for a count below 1.
+  """
+  if count < 1:
+    raise ValueError(f"`cpu_devices` must be at least 1. Received: "
+                     f"cpu_devices={count}")
+  cpu = tf.config.list_physical_devices("CPU")[0]
+  tf.config.set_logical_device_configuration(
+      cpu, [tf.config.LogicalDeviceConfiguration()] * count)
+
+
 def shard_of(strategy):
   """`(num_shards, shard_index)`: the flags', or the cluster's (multi-worker).
 
@@ -328,6 +347,7 @@ def run_units(strategy, target, x, y, names, budget, draws):
   plan = runner.make_plan(target, x, y, names, budget, FLAGS.seed, draws,
                           FLAGS.unit_size)
   units = plan.units(num_shards, shard_index)
+  start = time.perf_counter()
   with tqdm.tqdm(total=len(units), desc=f"shard {shard_index}/"
                  f"{num_shards} units") as bar:
 
@@ -345,7 +365,7 @@ def run_units(strategy, target, x, y, names, budget, draws):
     else:
       summary = distributed.run(strategy, *args, **kwargs)
   print(f"Units: ran {len(summary.ran)}, reused {len(summary.reused)}, "
-        f"failed {len(summary.failed)}")
+        f"failed {len(summary.failed)} in {time.perf_counter() - start:.1f} s")
   for key, error in summary.failed.items():
     print(f"FAILED {key}: {error}")
   return summary.failed
@@ -392,6 +412,8 @@ def transform_grid(target, suite_result, x):
 def main(argv):
   del argv
   start = time.perf_counter()
+  if FLAGS.cpu_devices:
+    split_cpu(FLAGS.cpu_devices)
   strategy = training.make_strategy(FLAGS.strategy)  # First: cluster setup.
   budget, draws, num_examples = make_budget(
       FLAGS.budget, parse_epsilon(FLAGS.epsilon),
