@@ -18,7 +18,7 @@ __all__ = [
     "DEFAULT_MEMORY_BUDGET", "EXPECTATIONS", "activation_bytes",
     "check_images_labels", "check_number", "check_value_range", "ce_loss",
     "dlr_loss", "eot_chunk_size", "eot_loss_gradient", "margin_loss",
-    "model_bytes_per_image", "project", "random_init", "seeds",
+    "model_bytes_per_image", "parse_epsilon", "project", "random_init", "seeds",
     "validate_attack_args"
 ]
 
@@ -52,6 +52,31 @@ def check_number(name, value, minimum=None, integer=False, strict=False):
     bound = "" if minimum is None else f" {'>' if strict else '>='} {minimum}"
     what = "an integer" if integer else "a number"
     raise ValueError(f"`{name}` must be {what}{bound}. Received: {name}={value!r}")
+  return value
+
+
+def parse_epsilon(text, name="epsilon"):
+  """Reads an L∞ radius written "8/255" or "0.031" (a command-line flag).
+
+  Args:
+    text: the string.
+    name: the flag's name, for the message.
+
+  Returns:
+    The radius as a float, >= 0.
+
+  Raises:
+    ValueError: for anything else (a zero denominator, a negative value),
+      naming the flag and the text received.
+  """
+  try:
+    numerator, slash, denominator = text.partition("/")
+    value = float(numerator) / (float(denominator) if slash else 1.0)
+  except (ValueError, ZeroDivisionError) as error:
+    raise ValueError(f"`{name}` must be a number or a fraction like 8/255. "
+                     f"Received: {name}={text!r}") from error
+  if not value >= 0:
+    raise ValueError(f"`{name}` must be >= 0. Received: {name}={text!r}")
   return value
 
 

@@ -9,7 +9,7 @@ each seeded by its block. This module runs those units on the devices of a
   `tf.device`), and one thread per device takes units from a shared queue.
   A unit runs whole on one device, its EOT tiles included.
 - `MultiWorkerMirroredStrategy` (one process per worker, `TF_CONFIG`): each
-  worker runs one shard of the units (`worker_shard`: shard i of N for
+  worker runs one shard of the units (`shard_of`: shard i of N for
   worker i of N) on its own devices, all workers meet at a collective
   `barrier`, and the chief merges.
 
@@ -41,7 +41,7 @@ from adv_layer import training
 from attacks import runner
 from attacks import suite
 
-__all__ = ["barrier", "local_devices", "replicate", "run", "worker_shard"]
+__all__ = ["barrier", "local_devices", "replicate", "run", "shard_of"]
 
 _TARGET_MODELS = ("model", "surrogate", "adversarial_surrogate")
 
@@ -62,20 +62,31 @@ def local_devices(strategy):
     return [None]
 
 
-def worker_shard(strategy):
-  """`(num_shards, shard_index)` of this process under `strategy`.
+def shard_of(strategy, num_shards=1, shard_index=0):
+  """`(num_shards, shard_index)` this process runs under `strategy`.
 
   Under `MultiWorkerMirroredStrategy` the shards are the cluster's tasks
-  (chief first, then the workers by index); otherwise `(1, 0)`.
+  (chief first, then the workers by index); otherwise the given shard (e.g.
+  one process per host, each with a mirrored strategy).
 
   Args:
     strategy: a `tf.distribute.Strategy`.
+    num_shards, shard_index: the shard asked for; under a multi-worker
+      strategy they must be left at 1, 0.
 
   Returns:
     Two ints.
+
+  Raises:
+    ValueError: for a shard asked for under a multi-worker strategy.
   """
   if not training.is_multi_worker(strategy):
-    return 1, 0
+    return num_shards, shard_index
+  if (num_shards, shard_index) != (1, 0):
+    raise ValueError(
+        "Under MultiWorkerMirroredStrategy each worker is one shard; leave "
+        f"num_shards=1, shard_index=0. Received: num_shards={num_shards}, "
+        f"shard_index={shard_index}")
   resolver = strategy.cluster_resolver
   spec = resolver.cluster_spec()
   chiefs = spec.num_tasks("chief") if "chief" in spec.jobs else 0
@@ -152,8 +163,8 @@ def replicate(target, devices):
 
 
 def run(strategy, target, x, y, attacks, report_dir, budget=suite.Budget(),
-        seed=0, draws=suite.REFERENCE_DRAWS, unit_size=100, keep_going=False,
-        progress=None):
+        seed=0, draws=suite.REFERENCE_DRAWS, unit_size=100, num_shards=1,
+        shard_index=0, keep_going=False, progress=None):
   """Runs this worker's share of an evaluation on the devices of `strategy`.
 
   Every worker of a multi-worker strategy calls it with the same arguments
@@ -166,14 +177,15 @@ def run(strategy, target, x, y, attacks, report_dir, budget=suite.Budget(),
     target: a `suite.Target` (its models are copied to each local device).
     x, y, attacks, report_dir, budget, seed, draws, unit_size, keep_going,
       progress: as for `runner.run`.
+    num_shards, shard_index: the shard this process runs (`shard_of`).
 
   Returns:
     This worker's `runner.RunSummary`.
 
   Raises:
-    ValueError: as `runner.run`.
+    ValueError: as `runner.run` and `shard_of`.
   """
-  num_shards, shard_index = worker_shard(strategy)
+  num_shards, shard_index = shard_of(strategy, num_shards, shard_index)
   devices = local_devices(strategy)
   replicas = None if devices == [None] else replicate(target, devices)
   summary = runner.run(target, x, y, attacks, report_dir, budget, seed=seed,

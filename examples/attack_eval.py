@@ -195,22 +195,6 @@ def define_flags():
   flags.mark_flag_as_required("model")
 
 
-def parse_epsilon(text):
-  """Reads "8/255" or "0.031" as a float.
-
-  Raises:
-    ValueError: for anything else, naming the flag.
-  """
-  try:
-    if "/" in text:
-      numerator, denominator = text.split("/")
-      return float(numerator) / float(denominator)
-    return float(text)
-  except ValueError as error:
-    raise ValueError(f"`epsilon` must be a number or a fraction like 8/255. "
-                     f"Received: epsilon={text!r}") from error
-
-
 def make_budget(preset_name, epsilon, overrides):
   """The `Budget`, R and image count: a preset, some fields overridden.
 
@@ -319,31 +303,17 @@ def split_cpu(count):
       cpu, [tf.config.LogicalDeviceConfiguration()] * count)
 
 
-def shard_of(strategy):
-  """`(num_shards, shard_index)`: the flags', or the cluster's (multi-worker).
-
-  Raises:
-    ValueError: for --num_shards > 1 with --strategy=multi_worker.
-  """
-  if FLAGS.strategy != "multi_worker":
-    return FLAGS.num_shards, FLAGS.shard_index
-  if FLAGS.num_shards != 1:
-    raise ValueError("--strategy=multi_worker makes each worker one shard; "
-                     f"leave --num_shards at 1. Received: num_shards="
-                     f"{FLAGS.num_shards}")
-  return distributed.worker_shard(strategy)
-
-
 def run_units(strategy, target, x, y, names, budget, draws):
-  """Runs this shard's unfinished units (`attacks.runner.run`).
+  """Runs this shard's unfinished units on the devices of `strategy`.
 
-  Under a strategy other than the default they run on its devices
-  (`attacks.distributed.run`, which waits for every worker).
+  `attacks.distributed.run`: one device and `attacks.runner.run` under the
+  default strategy; under a multi-worker one it waits for every worker.
 
   Returns:
     The failed units' keys and errors (a rerun retries them).
   """
-  num_shards, shard_index = shard_of(strategy)
+  num_shards, shard_index = distributed.shard_of(
+      strategy, FLAGS.num_shards, FLAGS.shard_index)
   plan = runner.make_plan(target, x, y, names, budget, FLAGS.seed, draws,
                           FLAGS.unit_size)
   units = plan.units(num_shards, shard_index)
@@ -356,14 +326,11 @@ def run_units(strategy, target, x, y, names, budget, draws):
       bar.set_postfix(attack=unit.attack, block=unit.block, status=status)
       bar.update(1)
 
-    args = (target, x, y, names, FLAGS.report_dir, budget)
-    kwargs = dict(seed=FLAGS.seed, draws=draws, unit_size=FLAGS.unit_size,
-                  keep_going=True, progress=progress)
-    if FLAGS.strategy == "default":
-      summary = runner.run(*args, num_shards=num_shards,
-                           shard_index=shard_index, **kwargs)
-    else:
-      summary = distributed.run(strategy, *args, **kwargs)
+    summary = distributed.run(
+        strategy, target, x, y, names, FLAGS.report_dir, budget,
+        seed=FLAGS.seed, draws=draws, unit_size=FLAGS.unit_size,
+        num_shards=FLAGS.num_shards, shard_index=FLAGS.shard_index,
+        keep_going=True, progress=progress)
   print(f"Units: ran {len(summary.ran)}, reused {len(summary.reused)}, "
         f"failed {len(summary.failed)} in {time.perf_counter() - start:.1f} s")
   for key, error in summary.failed.items():
@@ -416,7 +383,7 @@ def main(argv):
     split_cpu(FLAGS.cpu_devices)
   strategy = training.make_strategy(FLAGS.strategy)  # First: cluster setup.
   budget, draws, num_examples = make_budget(
-      FLAGS.budget, parse_epsilon(FLAGS.epsilon),
+      FLAGS.budget, common.parse_epsilon(FLAGS.epsilon),
       {name: getattr(FLAGS, name) for name in OVERRIDES})
   model = keras.saving.load_model(FLAGS.model)
   x, y = load_images(FLAGS.split, num_examples)
@@ -439,8 +406,9 @@ def main(argv):
     estimate = runner.estimate_cost(
         target, x, y, names, budget, seed=FLAGS.seed, draws=draws,
         unit_size=FLAGS.unit_size,
-        shards=sorted({1, shard_of(strategy)[0] *
-                       len(distributed.local_devices(strategy))}))
+        shards=sorted({1, len(distributed.local_devices(strategy)) *
+                       distributed.shard_of(strategy, FLAGS.num_shards,
+                                            FLAGS.shard_index)[0]}))
     print(estimate.table())
     print(f"(probes: {estimate.probe_images} images, "
           f"{estimate.probe_s:.1f} s)")

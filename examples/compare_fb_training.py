@@ -32,6 +32,7 @@ import adv_layer  # pylint: disable=unused-import  (registers the layer)
 from adv_layer import data
 from adv_layer import models
 from adv_layer import training
+from attacks import common
 from attacks import pgd
 from attacks import scoring
 
@@ -52,20 +53,6 @@ def define_flags():
   flags.DEFINE_integer("seed", 0, "Seed of the PGD random starts.")
   flags.DEFINE_string("data_dir", None, "tfds data directory.")
   flags.DEFINE_string("json_out", None, "Also write the rows to this file.")
-
-
-def parse_fraction(text):
-  """Reads "8/255" or "0.031".
-
-  Raises:
-    ValueError: naming the flag, for anything else.
-  """
-  try:
-    numerator, _, denominator = text.partition("/")
-    return float(numerator) / (float(denominator) if denominator else 1.0)
-  except ValueError as error:
-    raise ValueError(f"`epsilon` must be a number or a fraction like 8/255. "
-                     f"Received: epsilon={text!r}") from error
 
 
 def load_checkpoint(path, model_name, width, input_shape, num_classes):
@@ -130,12 +117,17 @@ def main(argv):
   if not FLAGS.checkpoints:
     raise ValueError("Give at least one --checkpoints=NAME=PATH. Received: "
                      "checkpoints=[]")
-  epsilon = parse_fraction(FLAGS.epsilon)
+  epsilon = common.parse_epsilon(FLAGS.epsilon)
+  common.check_number("examples", FLAGS.examples, minimum=1, integer=True)
+  specs = [spec.partition("=") for spec in FLAGS.checkpoints]
+  for spec, (name, equals, path) in zip(FLAGS.checkpoints, specs):
+    if not (name and equals and path):
+      raise ValueError(f"Each --checkpoints must read NAME=PATH. Received: "
+                       f"checkpoints={spec!r}")
   x, y = data.load_arrays("cifar10", f"test[:{FLAGS.examples}]",
                           data_dir=FLAGS.data_dir)
   rows = []
-  for spec in FLAGS.checkpoints:
-    name, _, path = spec.partition("=")
+  for name, _, path in specs:
     start = time.perf_counter()
     f_b = load_checkpoint(path, FLAGS.model, FLAGS.width, x.shape[1:], 10)
     clean, robust = evaluate(f_b, x, y, epsilon, FLAGS.pgd_steps,

@@ -63,6 +63,9 @@ def randomize_batch_norm(model, seed):
 
   A freshly built f_b has γ = 1, β = 0, μ = 0, σ² = 1, under which folding
   barely changes a weight; a trained f_b has statistics like these.
+
+  Returns:
+    `model`, changed in place.
   """
   rng = np.random.default_rng(seed)
   for layer in model.layers:
@@ -70,6 +73,7 @@ def randomize_batch_norm(model, seed):
       n = layer.gamma.shape[0]
       layer.set_weights([rng.uniform(0.5, 1.5, n), rng.normal(0.0, 0.1, n),
                          rng.normal(0.0, 0.1, n), rng.uniform(0.5, 2.0, n)])
+  return model
 
 
 def channels_first_copy(model):

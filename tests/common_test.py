@@ -59,6 +59,19 @@ class ExpectationTest(tf.test.TestCase):
       self.run_eot("loss", chunk_size=0)
 
 
+class ParseEpsilonTest(tf.test.TestCase):
+
+  def test_fractions_and_numbers(self):
+    self.assertEqual(common.parse_epsilon("8/255"), 8 / 255)
+    self.assertEqual(common.parse_epsilon("0.031"), 0.031)
+    self.assertEqual(common.parse_epsilon("0"), 0.0)
+
+  def test_bad_text_names_the_flag(self):
+    for text in ("8/0", "eight", "8/255/2", "-0.1", "nan", ""):
+      with self.assertRaisesRegex(ValueError, f"Received: eps={text!r}"):
+        common.parse_epsilon(text, name="eps")
+
+
 class ChunkTest(tf.test.TestCase):
 
   def test_chunk_fits_the_budget(self):

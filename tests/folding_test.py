@@ -7,17 +7,9 @@ import tensorflow as tf
 from adv_layer import folding
 from adv_layer import models
 from adv_layer import transform
+from examples import fold_benchmark
 
-
-def randomize_batch_norm(model, seed):
-  """Gives every batch norm of `model` non-trivial γ, β, moving mean and variance."""
-  rng = np.random.default_rng(seed)
-  for layer in model.layers:
-    if isinstance(layer, keras.layers.BatchNormalization):
-      n = layer.gamma.shape[0]
-      layer.set_weights([rng.uniform(0.5, 1.5, n), rng.normal(0.0, 0.1, n),
-                         rng.normal(0.0, 0.1, n), rng.uniform(0.5, 2.0, n)])
-  return model
+randomize_batch_norm = fold_benchmark.randomize_batch_norm
 
 
 def images(count, seed=2):

@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 import adv_layer
+from attacks import distributed
 from attacks import runner
 from attacks import suite
 from tests import attack_properties
@@ -193,6 +194,12 @@ class RunnerTest(tf.test.TestCase):
     self.assertTrue(os.path.exists(os.path.join(folder, "report.json")),
                     self.worker_logs[0])
     self.assert_same_result(runner.merge(folder), self.single)
+
+  def test_default_strategy_runs_the_given_shard_on_one_device(self):
+    strategy = tf.distribute.get_strategy()
+    self.assertEqual(distributed.shard_of(strategy, 4, 3), (4, 3))
+    self.assertEqual(distributed.local_devices(strategy), [None])
+    self.assertEqual(distributed.barrier(strategy), 1)
 
   def test_missing_units_make_the_merge_refuse_or_incomplete(self):
     folder = os.path.join(self.folder, "incomplete")
