@@ -99,7 +99,8 @@ def report_dict(suite_result, flags, extras=None, meta=None):
   }
 
 
-def _budget_text(budget):
+def budget_text(budget):
+  """A report's budget dict as text: `eps=8/255, steps=100, ...`."""
   parts = []
   for key, value in budget.items():
     if key == "epsilon":
@@ -113,7 +114,7 @@ def _pct(value):
   return f"{100 * value:.1f}%"
 
 
-def _with_interval(figures, key, bold=False):
+def with_interval(figures, key, bold=False):
   """`figures[key]` in percent with its 95% interval: `50.0% [6.8, 93.2]`."""
   low, high = figures[f"{key}_ci95"]
   value = f"**{_pct(figures[key])}**" if bold else _pct(figures[key])
@@ -180,21 +181,21 @@ def table_markdown(report):
   ]
   clean = report["clean"]
   lines.append(f"| clean (A_std) | - | - | "
-               f"{_with_interval(clean, 'mean_accuracy')} | "
-               f"{_with_interval(clean, 'strict_accuracy')} | - | - | - |")
+               f"{with_interval(clean, 'mean_accuracy')} | "
+               f"{with_interval(clean, 'strict_accuracy')} | - | - | - |")
   for row in report["attacks"]:
     lines.append(
-        f"| {row['name']} | {row['kind']} | {_budget_text(row['budget'])} | "
-        f"{_with_interval(row, 'mean_accuracy')} | "
-        f"{_with_interval(row, 'strict_accuracy')} | "
+        f"| {row['name']} | {row['kind']} | {budget_text(row['budget'])} | "
+        f"{with_interval(row, 'mean_accuracy')} | "
+        f"{with_interval(row, 'strict_accuracy')} | "
         f"{row['elapsed_s']:.2f} | {row['f_b_passes']} | "
         f"{row['f_b_passes_per_s']:.0f} |")
   for label, key in (("worst case, white-box", "worst_case_white_box"),
                      ("worst case, all attacks (A_rob)", "worst_case")):
     worst = report[key]
     lines.append(f"| **{label}** | per example | by {worst['strongest']} | "
-                 f"{_with_interval(worst, 'mean_accuracy')} | "
-                 f"{_with_interval(worst, 'strict_accuracy', bold=True)} | "
+                 f"{with_interval(worst, 'mean_accuracy')} | "
+                 f"{with_interval(worst, 'strict_accuracy', bold=True)} | "
                  "- | - | - |")
   return "\n".join(lines)
 
@@ -224,7 +225,7 @@ def markdown(report):
       "counted as independent trials).", "",
       table_markdown(report), "",
       f"**Worst-case robust accuracy: "
-      f"{_with_interval(worst, 'strict_accuracy')} (strict), strongest "
+      f"{with_interval(worst, 'strict_accuracy')} (strict), strongest "
       f"attack: {worst['strongest']}"
       f"{' (INCOMPLETE: upper bound)' if report['failed'] else ''}.**", "",
       "Per-example success probability over draws (worst case over the clean "

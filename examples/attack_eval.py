@@ -51,6 +51,8 @@ Example (after `python examples/train_cifar10.py --preset=smoke`):
   python examples/attack_eval.py --model=runs/smoke/defended.keras \
       --attacks=adaptive --budget=smoke --num_examples=100 --steps=20
 
+`--model=zoo:NAME` attacks a published model (`adv_layer.zoo.available()`).
+
 Prints the verdict, the budget against the reference, the table (like the
 paper's Table 3) with 95% intervals, the sanity flags and the worst-case robust
 accuracy.
@@ -77,6 +79,7 @@ import tqdm
 import adv_layer  # Registers AdversarialTransform for load_model.
 from adv_layer import data
 from adv_layer import training
+from adv_layer import zoo
 from attacks import common
 from attacks import distributed
 from attacks import report
@@ -86,13 +89,16 @@ from attacks import suite
 from attacks import transfer
 
 FLAGS = flags.FLAGS
+ZOO_PREFIX = "zoo:"
 OVERRIDES = ("steps", "restarts", "eot_samples", "queries", "query_draws",
              "chunk_size", "draws", "num_examples")
 
 
 def define_flags():
   """Defines the program's flags (called before `app.run`)."""
-  flags.DEFINE_string("model", None, "The .keras model to attack (logits out).")
+  flags.DEFINE_string("model", None,
+                      "The model to attack (logits out): a .keras path, or "
+                      "zoo:NAME for a published model (adv_layer.zoo).")
   flags.DEFINE_string("surrogate", None,
                       ".keras model trained independently on clean data, the "
                       "source of black-box transfer (default: trained here "
@@ -231,6 +237,23 @@ def exit_status(suite_result, keep_going):
           "(--keep_going to exit 0).", file=sys.stderr)
     return 1
   return 0
+
+
+def load_model(spec):
+  """The model of --model: a `.keras` path, or `zoo:NAME` from `adv_layer.zoo`.
+
+  Raises:
+    ValueError: for no --model, or an unknown zoo name.
+    FileNotFoundError: for a missing file.
+  """
+  if not spec:
+    raise ValueError("--model is required: a .keras path or zoo:NAME (one of "
+                     f"{zoo.available()}). Received: model={spec!r}")
+  if spec.startswith(ZOO_PREFIX):
+    return zoo.load(spec[len(ZOO_PREFIX):])
+  if not os.path.exists(spec):
+    raise FileNotFoundError(f"No model file at {spec!r}. Received: model={spec!r}")
+  return keras.saving.load_model(spec)
 
 
 def load_images(split, count):
@@ -385,7 +408,7 @@ def main(argv):
   budget, draws, num_examples = make_budget(
       FLAGS.budget, common.parse_epsilon(FLAGS.epsilon),
       {name: getattr(FLAGS, name) for name in OVERRIDES})
-  model = keras.saving.load_model(FLAGS.model)
+  model = load_model(FLAGS.model)
   x, y = load_images(FLAGS.split, num_examples)
   names = suite.resolve_attacks(FLAGS.attacks)
   surrogate, adversarial_surrogate, surrogate_paths = surrogates(model, names)

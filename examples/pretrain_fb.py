@@ -92,7 +92,7 @@ def main(argv):
     f_b = models.build_model(preset["fb_model"], num_classes=num_classes,
                              input_shape=image_shape, width=preset["fb_width"],
                              seed=FLAGS.seed)
-    training.pretrain_fb(
+    training.train_classifier(
         f_b, train_data, preset["fb_epochs"],
         adversarial=preset["fb_adversarial"], epsilon=preset["fb_epsilon"],
         steps=preset["fb_steps"], step_size=preset["fb_step_size"],

@@ -19,6 +19,12 @@ training images into `--cache_dir` (resumable: rerun to continue), then
 trains f_a on them, each epoch a fresh pick among the K draws, cropped and
 flipped (adv_layer.gcache explains why the draws are taken on raw images).
 The saved model is still f_a(g(x)) with the real transform in front.
+
+`--defense` picks what is trained: `transform` (the default), the defended
+f_a(g(x)); `none`, the same f_a on clean images (Table 3's "No defense");
+`madry`, the same f_a adversarially trained with the preset's `madry_*`
+attack (Table 3's "Madry et al."; FGSM from a random start in `strong_cpu`).
+The baselines need no f_b.
 """
 
 import os
@@ -40,7 +46,12 @@ from adv_layer import training
 from adv_layer import transform
 
 FLAGS = flags.FLAGS
+# What `--defense` trains, and the default output file name of each.
+DEFENSES = {"transform": "defended", "none": "undefended", "madry": "madry"}
 flags.DEFINE_enum("preset", "smoke", list(training.PRESETS), "Settings preset.")
+flags.DEFINE_enum("defense", "transform", list(DEFENSES),
+                  "transform: f_a(g(x)); none / madry: the baseline f_a, "
+                  "trained on clean / adversarial images.")
 flags.DEFINE_string("fb", None,
                     "Pretrained f_b .keras path (default: runs/<preset>/"
                     "f_b.keras), or 'untrained'.")
@@ -57,6 +68,12 @@ flags.DEFINE_float("epsilon", None, "L-inf radius Delta of the transform g.")
 flags.DEFINE_integer("steps", None, "LL-PGD steps N of the transform g.")
 flags.DEFINE_float("step_size", None, "Step of g (default: epsilon / 6).")
 flags.DEFINE_enum("target", None, list(transform.TARGETS), "Target mode of g.")
+flags.DEFINE_float("madry_epsilon", None,
+                   "L-inf budget of the Madry baseline's training attack.")
+flags.DEFINE_integer("madry_steps", None,
+                     "PGD steps of the Madry baseline's training attack.")
+flags.DEFINE_float("madry_step_size", None,
+                   "Step of the Madry baseline's training attack.")
 flags.DEFINE_string("dataset", "cifar10", "tfds image classification dataset.")
 flags.DEFINE_string("data_dir", None,
                     "tfds data directory (default: $TFDS_DATA_DIR, else "
@@ -87,7 +104,9 @@ def settings():
       train_examples=FLAGS.train_examples, test_examples=FLAGS.test_examples,
       fa_model=FLAGS.fa_model, fa_width=FLAGS.width,
       learning_rate=FLAGS.learning_rate, epsilon=FLAGS.epsilon,
-      steps=FLAGS.steps, step_size=FLAGS.step_size, target=FLAGS.target)
+      steps=FLAGS.steps, step_size=FLAGS.step_size, target=FLAGS.target,
+      madry_epsilon=FLAGS.madry_epsilon, madry_steps=FLAGS.madry_steps,
+      madry_step_size=FLAGS.madry_step_size)
 
 
 def output_paths(strategy):
@@ -96,7 +115,8 @@ def output_paths(strategy):
   The backup folder is this worker's own (`training.per_worker_path`).
   """
   fb = FLAGS.fb or os.path.join("runs", FLAGS.preset, "f_b.keras")
-  output = FLAGS.output or os.path.join("runs", FLAGS.preset, "defended.keras")
+  output = FLAGS.output or os.path.join(
+      "runs", FLAGS.preset, DEFENSES[FLAGS.defense] + ".keras")
   backup = FLAGS.checkpoint_dir or os.path.splitext(output)[0] + "_backup"
   return fb, output, training.per_worker_path(backup, strategy)
 
@@ -160,9 +180,81 @@ def cached_training(model, f_a, preset, backup, output, strategy):
   return history
 
 
+def train_baseline(f_a, preset, output, backup):
+  """Trains the undefended or the Madry baseline f_a (`--defense`), saves it.
+
+  Args:
+    f_a: the fresh classifier.
+    preset: the settings.
+    output: `.keras` path of the trained classifier.
+    backup: its per-epoch backup folder.
+
+  Returns:
+    A description of the training data, for the summary line.
+  """
+  train_data = data.load_tfds(
+      FLAGS.dataset, data.first_examples("train", preset["train_examples"]),
+      preset["batch_size"], training=True, data_dir=FLAGS.data_dir,
+      seed=FLAGS.seed)
+  madry = training.madry_settings(preset)
+  training.train_classifier(
+      f_a, train_data, preset["epochs"], adversarial=FLAGS.defense == "madry",
+      seed=FLAGS.seed, output=output, learning_rate=preset["learning_rate"],
+      momentum=preset["momentum"], lr_drop_epoch=preset["lr_drop_epoch"],
+      checkpoint_dir=backup, verbose=FLAGS.verbose, **madry)
+  if FLAGS.defense == "none":
+    return "clean images"
+  return (f"PGD examples (eps {madry['epsilon']:.4f}, {madry['steps']} "
+          f"steps of {madry['step_size']:.4f}, random start)")
+
+
+def train_defended(f_a, preset, fb_path, image_shape, num_classes, output,
+                   backup, strategy):
+  """Trains f_a behind g (`--defense=transform`) and saves f_a(g(x)).
+
+  Args:
+    f_a: the fresh classifier.
+    preset: the settings.
+    fb_path: `--fb`, a `.keras` path or "untrained".
+    image_shape, num_classes: of the dataset.
+    output: `.keras` path of the defended model.
+    backup: the per-epoch backup folder.
+    strategy: the `tf.distribute` strategy in use.
+
+  Returns:
+    `(model, description)`: the defended model and a description of its
+    training, for the summary line.
+  """
+  f_b = load_fb(fb_path, preset, image_shape, num_classes)
+  model = training.defended_model(
+      f_b, f_a, epsilon=preset["epsilon"], steps=preset["steps"],
+      step_size=preset["step_size"], target=preset["target"], seed=FLAGS.seed)
+  if FLAGS.cached_draws:
+    cached_training(model, f_a, preset, backup, output, strategy)
+    source = f"{FLAGS.cached_draws} cached draws of g"
+  else:
+    train_data = data.load_tfds(
+        FLAGS.dataset, data.first_examples("train", preset["train_examples"]),
+        preset["batch_size"], training=True, data_dir=FLAGS.data_dir,
+        seed=FLAGS.seed)
+    training.train(model, train_data, preset["epochs"],
+                   learning_rate=preset["learning_rate"],
+                   momentum=preset["momentum"],
+                   lr_drop_epoch=preset["lr_drop_epoch"],
+                   checkpoint_dir=backup, output=output, verbose=FLAGS.verbose)
+    source = "a fresh draw of g per step"
+  return model, (f"{source} with f_b={fb_path}, Delta={preset['epsilon']}, "
+                 f"N={preset['steps']}")
+
+
 def main(argv):
   del argv
   strategy = training.make_strategy(FLAGS.strategy)  # First: multi-worker setup.
+  if FLAGS.defense != "transform" and FLAGS.cached_draws:
+    raise ValueError(
+        "--cached_draws caches draws of g, which only --defense=transform "
+        f"uses. Received: cached_draws={FLAGS.cached_draws}, "
+        f"defense={FLAGS.defense!r}")
   preset = settings()
   fb_path, output, backup = output_paths(strategy)
   image_shape, num_classes = data.dataset_spec(FLAGS.dataset, FLAGS.data_dir)
@@ -171,33 +263,23 @@ def main(argv):
       preset["batch_size"], data_dir=FLAGS.data_dir)
   start = time.time()
   with strategy.scope():
-    f_b = load_fb(fb_path, preset, image_shape, num_classes)
     f_a = models.build_model(preset["fa_model"], num_classes=num_classes,
                              input_shape=image_shape, width=preset["fa_width"],
                              seed=FLAGS.seed)
-    model = training.defended_model(
-        f_b, f_a, epsilon=preset["epsilon"], steps=preset["steps"],
-        step_size=preset["step_size"], target=preset["target"], seed=FLAGS.seed)
-    if FLAGS.cached_draws:
-      cached_training(model, f_a, preset, backup, output, strategy)
+    if FLAGS.defense == "transform":
+      model, source = train_defended(f_a, preset, fb_path, image_shape,
+                                     num_classes, output, backup, strategy)
+      name = "f_a(g(x))"
     else:
-      train_data = data.load_tfds(
-          FLAGS.dataset, data.first_examples("train", preset["train_examples"]),
-          preset["batch_size"], training=True, data_dir=FLAGS.data_dir,
-          seed=FLAGS.seed)
-      training.train(model, train_data, preset["epochs"],
-                     learning_rate=preset["learning_rate"],
-                     momentum=preset["momentum"],
-                     lr_drop_epoch=preset["lr_drop_epoch"],
-                     checkpoint_dir=backup, output=output, verbose=FLAGS.verbose)
-  source = (f"{FLAGS.cached_draws} cached draws of g" if FLAGS.cached_draws
-            else "a fresh draw of g per step")
-  print(f"Trained f_a(g(x)) ({preset['fa_model']} on {source} with "
-        f"f_b={fb_path}, Delta={preset['epsilon']}, N={preset['steps']}) in "
+      model, source = f_a, train_baseline(f_a, preset, output, backup)
+      name = f"f_a ({FLAGS.defense} baseline)"
+  print(f"Trained {name} ({preset['fa_model']} on {source}) in "
         f"{time.time() - start:.0f} s; saved to {output}")
   test_count = sum(int(y.shape[0]) for _, y in test_data)
-  print(f"Clean accuracy of f_a(g(x)) on {test_count} {FLAGS.dataset} test "
-        f"images (one draw of g, pinned to seed {FLAGS.seed}): "
+  draw = (f" (one draw of g, pinned to seed {FLAGS.seed})"
+          if FLAGS.defense == "transform" else "")
+  print(f"Clean accuracy of {name} on {test_count} {FLAGS.dataset} test "
+        f"images{draw}: "
         f"{training.accuracy(model, test_data, seed=FLAGS.seed):.4f}")
 
 

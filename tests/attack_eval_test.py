@@ -1,9 +1,13 @@
 """Tests of examples/attack_eval.py: budget presets and overrides, exit status."""
 
+import os
+import tempfile
 import types
 
+import keras
 import tensorflow as tf
 
+from adv_layer import zoo
 from attacks import suite
 from examples import attack_eval
 
@@ -54,6 +58,30 @@ class ExitStatusTest(tf.test.TestCase):
     self.assertEqual(attack_eval.exit_status(failed, keep_going=True), 0)
     complete = types.SimpleNamespace(failed={})
     self.assertEqual(attack_eval.exit_status(complete, keep_going=False), 0)
+
+
+class LoadModelTest(tf.test.TestCase):
+
+  def test_a_zoo_name_loads_the_published_model(self):
+    name = "cifar10/small_vgg_fgsm_rs"
+    model = attack_eval.load_model("zoo:" + name)
+    self.assertAllEqual(model.weights[0], zoo.load(name).weights[0])
+
+  def test_a_path_loads_the_file(self):
+    path = os.path.join(tempfile.mkdtemp(), "m.keras")
+    saved = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    saved.save(path)
+    self.assertAllEqual(attack_eval.load_model(path).weights[0],
+                        saved.weights[0])
+
+  def test_bad_specs_raise(self):
+    with self.assertRaisesRegex(ValueError, "Received: model=None"):
+      attack_eval.load_model(None)
+    with self.assertRaisesRegex(ValueError, "Received: name='cifar10/nope'"):
+      attack_eval.load_model("zoo:cifar10/nope")
+    with self.assertRaisesRegex(FileNotFoundError,
+                                "Received: model='missing.keras'"):
+      attack_eval.load_model("missing.keras")
 
 
 if __name__ == "__main__":

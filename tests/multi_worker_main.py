@@ -196,7 +196,7 @@ def train_defended(strategy, epochs, checkpoint_dir, output=None):
 
 
 def run_training_loop(out_path):
-  """Runs `training.train` and `pretrain_fb` on one worker of a cluster."""
+  """Runs `training.train` and `train_classifier` on one worker of a cluster."""
   strategy = tf.distribute.MultiWorkerMirroredStrategy()
   folder = os.path.dirname(out_path)
   resumed_dir = os.path.join(folder, "resumed_backup")
@@ -209,7 +209,7 @@ def run_training_loop(out_path):
   with strategy.scope():
     pgd_f_b = tiny_f_b()
     pgd_before = pgd_f_b.layers[-1].kernel.numpy()
-    training.pretrain_fb(
+    training.train_classifier(
         pgd_f_b, tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH), 1,
         adversarial=True, steps=1, seed=3, learning_rate=0.1, verbose=0,
         output=os.path.join(folder, "f_b.keras"))

@@ -132,7 +132,7 @@ class ResumeTest(tf.test.TestCase):
     def run(callbacks):
       """Adversarial pretraining for 3 epochs of 2 steps, rate drop after 1."""
       f_b = tiny_classifier()
-      history = training.pretrain_fb(
+      history = training.train_classifier(
           f_b, dataset, epochs=3, adversarial=True, epsilon=0.1, steps=1,
           seed=0, output=output, lr_drop_epoch=1, checkpoint_dir=backup,
           callbacks=callbacks, verbose=0)
@@ -183,6 +183,9 @@ class PresetsTest(tf.test.TestCase):
              epsilon=0.2, steps=13, step_size=None, target="least_likely",
              fb_adversarial=True, lr_drop_epoch=50))
     self.assertIsNone(paper["train_examples"])
+    # Table 3's Madry baseline: PGD-7 at 8/255, step 2/255 (Madry et al.).
+    self.assertEqual(training.madry_settings(paper),
+                     dict(epsilon=8 / 255, steps=7, step_size=2 / 255))
 
   def test_every_preset_has_the_same_keys(self):
     keys = set(training.PRESETS["paper"])

@@ -153,7 +153,7 @@ class Models:
       paths = {e: self._paths("fb_standard", dict(base, epochs=e))[0]
                for e in snapshots}
       f_b = self.build_fb(preset, self.seed)
-      training.pretrain_fb(
+      training.train_classifier(
           f_b, self.train_data(examples, preset["batch_size"]), max(snapshots),
           checkpoint_dir=self._paths("fb_standard", base)[1], callbacks=[timer, SnapshotSaver(f_b, paths)],
           **self._fit_kwargs(preset))
@@ -172,7 +172,7 @@ class Models:
 
     def train_fn(path, backup, timer):
       f_b = self.build_fb(preset, self.seed)
-      training.pretrain_fb(
+      training.train_classifier(
           f_b, self.train_data(examples, preset["batch_size"]),
           preset["fb_epochs"],
           adversarial=True, epsilon=preset["fb_epsilon"],
@@ -244,11 +244,11 @@ class Models:
   def madry(self):
     """f_a with Madry et al.'s PGD adversarial training (Table 3 baseline)."""
     preset = self.training("main")
-    madry = self.settings["madry"]
+    madry = training.madry_settings(preset)
     spec = {"kind": "madry", **madry, **self._fa_spec(preset, self.seed)}
 
     def train_fn(path, backup, timer):
-      training.pretrain_fb(
+      training.train_classifier(
           self.build_fa(preset, self.seed),
           self.train_data(preset["train_examples"], preset["batch_size"]),
           preset["epochs"], adversarial=True, epsilon=madry["epsilon"],

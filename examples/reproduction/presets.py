@@ -18,7 +18,6 @@ SETTINGS = {
         main_training=dict(train_examples=256, test_examples=64, batch_size=64),
         sweep_training=dict(train_examples=256, test_examples=64, batch_size=64),
         fb_snapshots=(1, 2, 5), fb_train_examples=256,
-        madry=dict(epsilon=8 / 255, steps=7, step_size=2 / 255),
         num_examples=32, num_examples_eot=8, draws=2, chunk_size=None,
         suite=dict(steps=2, restarts=1, eot_samples=2, queries=20),
         full_sanity=False, timing_examples=64,
@@ -45,7 +44,6 @@ SETTINGS = {
         main_training=dict(train_examples=20_000, test_examples=1000),
         sweep_training=dict(train_examples=10_000, test_examples=1000),
         fb_snapshots=(1, 2, 5), fb_train_examples=None,
-        madry=dict(epsilon=8 / 255, steps=7, step_size=2 / 255),
         num_examples=1000, num_examples_eot=200, draws=3, chunk_size=1024,
         suite=dict(steps=5, restarts=1, eot_samples=2, queries=100),
         full_sanity=False, timing_examples=1024,
@@ -60,7 +58,6 @@ SETTINGS = {
     "paper": dict(
         main_training=dict(), sweep_training=dict(),
         fb_snapshots=(1, 2, 5, 10, 15, 20), fb_train_examples=None,
-        madry=dict(epsilon=8 / 255, steps=7, step_size=2 / 255),
         num_examples=10_000, num_examples_eot=1000, draws=5, chunk_size=2048,
         suite=dict(steps=100, restarts=5, eot_samples=100, queries=5000),
         full_sanity=True, timing_examples=10_000,

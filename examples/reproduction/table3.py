@@ -23,7 +23,7 @@ def epoch_timing(exp, f_b):
   count = exp.settings["timing_examples"]
   x, y = data.load_arrays(presets.DATASET, f"train[:{count}]",
                           data_dir=exp.models.data_dir)
-  madry = exp.settings["madry"]
+  madry = training.madry_settings(preset)
 
   def fresh():
     return exp.models.build_fa(preset, exp.seed)

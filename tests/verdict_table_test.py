@@ -1,0 +1,77 @@
+"""Tests of examples/verdict_table.py: rows, paper figures, budget lines."""
+
+import json
+import os
+import tempfile
+
+import tensorflow as tf
+
+from examples import verdict_table
+
+
+def figures(accuracy, low, high):
+  """A worst-case or clean entry with equal mean and strict accuracy."""
+  return {"strict_accuracy": accuracy, "strict_accuracy_ci95": [low, high],
+          "mean_accuracy": accuracy, "mean_accuracy_ci95": [low, high],
+          "strongest": "apgd_ce"}
+
+
+def fake_report(defended, weaker):
+  return {
+      "verdict": "COMPLETE", "weaker_than_reference": weaker,
+      "meta": {"model": "zoo:cifar10/m", "data": "CIFAR-10 (JPEG copy)",
+               "split": "test[:500]", "elapsed_s": 1800.0},
+      "machine": {"cpu_count": 2, "devices": ["/physical_device:CPU:0"]},
+      "seed": 0, "draws": 20, "images": 500, "defended": defended,
+      "budget": {"epsilon": 8 / 255, "steps": 20},
+      "clean": figures(0.8, 0.75, 0.85),
+      "worst_case": figures(0.1, 0.05, 0.15),
+      "worst_case_white_box": figures(0.3, 0.25, 0.35),
+  }
+
+
+class VerdictTableTest(tf.test.TestCase):
+
+  def test_rows_paper_figures_and_budget_lines(self):
+    weaker = [{"field": "steps", "used": 20, "reference": 100}]
+    lines = verdict_table.table_lines([
+        ("Madry et al.", fake_report(False, [])),
+        ("Ours", fake_report(True, weaker))])
+    self.assertEqual(lines[2], (
+        "| Madry et al. | COMPLETE | 500 × 20 | 80.0% [75.0, 85.0] | "
+        "80.0% [75.0, 85.0] | **10.0%** [5.0, 15.0] | apgd_ce | 81.7% | "
+        "42.7% (PGD) |"))
+    self.assertEqual(lines[3], (
+        "| Ours | COMPLETE | 500 × 20 | 80.0% [75.0, 85.0] | "
+        "80.0% [75.0, 85.0] | **10.0%** [5.0, 15.0] | apgd_ce | 82.9% | "
+        "73.4% (Transfer) |"))
+    # The defended row's white-box worst case, beside the paper's BPDA row.
+    self.assertIn("| Ours (white-box attacks only) |", lines[4])
+    self.assertIn("**30.0%** [25.0, 35.0] | apgd_ce | 82.9% | 80.2% (BPDA) |",
+                  lines[4])
+    self.assertEqual(lines[5], "")
+    self.assertIn("below the reference: none (reference strength);", lines[6])
+    self.assertIn("below the reference: steps 20 (ref. 100);", lines[7])
+    self.assertIn("test[:500], seed 0; budget eps=8/255, steps=20;", lines[7])
+    self.assertTrue(lines[7].endswith("0.50 h."))
+
+  def test_a_row_unknown_to_the_paper_has_no_paper_figures(self):
+    lines = verdict_table.table_lines([("Mine", fake_report(False, []))])
+    self.assertTrue(lines[2].endswith("| apgd_ce | - | - |"))
+
+  def test_report_flag_and_folder_errors(self):
+    self.assertEqual(verdict_table.parse_report_flag("Ours=runs/a=b"),
+                     ("Ours", "runs/a=b"))
+    for bad in ("Ours", "=runs/x", "Ours="):
+      with self.assertRaisesRegex(ValueError, f"Received: report={bad!r}"):
+        verdict_table.parse_report_flag(bad)
+    folder = tempfile.mkdtemp()
+    with self.assertRaisesRegex(FileNotFoundError, "Received: folder="):
+      verdict_table.load_report(folder)
+    with open(os.path.join(folder, "report.json"), "w") as file:
+      json.dump({"seed": 3}, file)
+    self.assertEqual(verdict_table.load_report(folder), {"seed": 3})
+
+
+if __name__ == "__main__":
+  tf.test.main()
