@@ -100,12 +100,14 @@ def define_flags():
                       "The model to attack (logits out): a .keras path, or "
                       "zoo:NAME for a published model (adv_layer.zoo).")
   flags.DEFINE_string("surrogate", None,
-                      ".keras model trained independently on clean data, the "
-                      "source of black-box transfer (default: trained here "
+                      "Model (.keras path or zoo:NAME) trained independently "
+                      "on clean data, the source of black-box transfer "
+                      "(default: trained here "
                       "for a defended model, see --train_surrogates).")
   flags.DEFINE_string("adversarial_surrogate", None,
-                      ".keras model trained independently with PGD, a source "
-                      "of black-box transfer (default: trained here for a "
+                      "Model (.keras path or zoo:NAME) trained independently "
+                      "with PGD, a source of black-box transfer (default: "
+                      "trained here for a "
                       "defended model, see --train_surrogates).")
   flags.DEFINE_bool("train_surrogates", True,
                     "For a defended model, train each surrogate a planned "
@@ -239,20 +241,25 @@ def exit_status(suite_result, keep_going):
   return 0
 
 
-def load_model(spec):
-  """The model of --model: a `.keras` path, or `zoo:NAME` from `adv_layer.zoo`.
+def load_model(spec, flag="model"):
+  """A model flag's model: a `.keras` path, or `zoo:NAME` from `adv_layer.zoo`.
+
+  Args:
+    spec: the flag's value.
+    flag: the flag's name, for the error messages.
 
   Raises:
-    ValueError: for no --model, or an unknown zoo name.
+    ValueError: for an empty value, or an unknown zoo name.
     FileNotFoundError: for a missing file.
   """
   if not spec:
-    raise ValueError("--model is required: a .keras path or zoo:NAME (one of "
-                     f"{zoo.available()}). Received: model={spec!r}")
+    raise ValueError(f"--{flag} is required: a .keras path or zoo:NAME (one "
+                     f"of {zoo.available()}). Received: {flag}={spec!r}")
   if spec.startswith(ZOO_PREFIX):
     return zoo.load(spec[len(ZOO_PREFIX):])
   if not os.path.exists(spec):
-    raise FileNotFoundError(f"No model file at {spec!r}. Received: model={spec!r}")
+    raise FileNotFoundError(
+        f"No model file at {spec!r}. Received: {flag}={spec!r}")
   return keras.saving.load_model(spec)
 
 
@@ -300,7 +307,7 @@ def surrogates(model, names):
       path = saved
       training.save_model(trained, path)
     paths[field] = path
-    found[field] = keras.saving.load_model(path) if path else None
+    found[field] = load_model(path, field) if path else None
   return found["surrogate"], found["adversarial_surrogate"], paths
 
 

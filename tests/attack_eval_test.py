@@ -82,6 +82,9 @@ class LoadModelTest(tf.test.TestCase):
     with self.assertRaisesRegex(FileNotFoundError,
                                 "Received: model='missing.keras'"):
       attack_eval.load_model("missing.keras")
+    with self.assertRaisesRegex(FileNotFoundError,
+                                "Received: surrogate='s.keras'"):
+      attack_eval.load_model("s.keras", "surrogate")
 
 
 if __name__ == "__main__":
