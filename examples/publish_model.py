@@ -4,8 +4,10 @@ Measures the clean accuracy on the first --test_examples test images (draws
 of g pinned to seed 0 for a defended model), then `zoo.publish` saves the
 model and its card (`adv_layer/zoo_models/README.md` lists the keys) and
 measures the card's 500-image check on the saved file. The training wall
-time is summed from Keras logs (`--log`: every "N/N - Ts - ..." epoch line,
-all resumed runs together) unless --wall_time_s gives it.
+time is summed from the training logs (`--log`: every Keras "N/N - Ts - ..."
+epoch line and every "g cache: ... (N images, R images/s)" line of the
+cached draws, as N / R; all resumed runs together) unless --wall_time_s
+gives it.
 
 Example:
 
@@ -31,6 +33,8 @@ from adv_layer import zoo
 
 FLAGS = flags.FLAGS
 EPOCH_LINE = re.compile(r"^\s*\d+/\d+ - (\d+)s - ")
+CACHE_LINE = re.compile(
+    r"^g cache: draw \d+/\d+, shard \d+ \((\d+) images, ([\d.]+) images/s\)")
 
 
 def define_flags():
@@ -40,8 +44,8 @@ def define_flags():
   flags.DEFINE_string("description", None, "The card's description.")
   flags.DEFINE_string("training_command", None, "The command(s) that trained it.")
   flags.DEFINE_integer("seed", 0, "The training seed.")
-  flags.DEFINE_multi_string("log", [], "Keras training logs (verbose=2) whose "
-                            "epoch times sum to the wall time.")
+  flags.DEFINE_multi_string("log", [], "Training logs (Keras verbose=2, g "
+                            "cache lines) whose times sum to the wall time.")
   flags.DEFINE_float("wall_time_s", None, "Training wall time (default: from "
                      "--log).")
   flags.DEFINE_string("machine", "2 CPU cores (AMD EPYC, AVX-512), no GPU",
@@ -57,7 +61,10 @@ def define_flags():
 
 
 def logged_seconds(paths):
-  """The sum of the epoch times of Keras `verbose=2` logs.
+  """The training time in logs: Keras `verbose=2` epochs and g cache shards.
+
+  A cache shard's time is its images over its logged rate (the rate has one
+  decimal: the sum is within 0.2% of the clock).
 
   Raises:
     ValueError: if the logs hold no epoch line.
@@ -70,6 +77,9 @@ def logged_seconds(paths):
         if match:
           total += float(match.group(1))
           epochs += 1
+        match = CACHE_LINE.match(line)
+        if match:
+          total += float(match.group(1)) / float(match.group(2))
   if not epochs:
     raise ValueError(f"No epoch lines ('N/N - Ts - ...') in the logs. "
                      f"Received: log={paths!r}")

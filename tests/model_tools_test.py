@@ -65,6 +65,14 @@ class PublishModelTest(tf.test.TestCase):
       f.write("noise 12/13 - 7s\n 391/391 - 10s - 1s/step - loss: 1.0\n")
     self.assertEqual(publish_model.logged_seconds(paths), 330.0)
 
+  def test_g_cache_shards_count_as_images_over_rate(self):
+    path = os.path.join(tempfile.mkdtemp(), "train.log")
+    with open(path, "w") as f:
+      f.write("g cache: draw 1/4, shard 0 (5120 images, 40.0 images/s)\n"
+              "g cache: draw 2/4, shard 9 (1000 images, 12.5 images/s)\n"
+              "391/391 - 300s - 767ms/step - accuracy: 0.29\n")
+    self.assertEqual(publish_model.logged_seconds([path]), 128 + 80 + 300)
+
   def test_a_log_without_epochs_is_refused(self):
     path = os.path.join(tempfile.mkdtemp(), "empty.log")
     with open(path, "w") as f:
