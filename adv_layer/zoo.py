@@ -184,12 +184,35 @@ def check_accuracy(name, root=ZOO_DIR, data_dir=None):
   return measured, entry["check"]["accuracy"]
 
 
+def inference_copy(model):
+  """`model` without its training state, for publishing.
+
+  A compiled model, or one holding a compiled model (f_a inside f_a(g(x))),
+  saves its optimizer's slots too: as much again as the weights under SGD
+  with momentum. The copy has the same layers and weights (the transform's
+  variables included) and no optimizer.
+
+  Args:
+    model: a Sequential or functional `keras.Model`.
+
+  Returns:
+    A new functional model, uncompiled.
+  """
+  # `clone_model` recompiles a compiled model but rebuilds the layers inside
+  # it from their configs alone; a new, uncompiled functional model over the
+  # same layers is the one it cannot recompile.
+  uncompiled = keras.Model(model.inputs, model.outputs, name=model.name)
+  copy = keras.models.clone_model(uncompiled)
+  copy.set_weights(model.get_weights())
+  return copy
+
+
 def publish(model, name, card_fields, root=ZOO_DIR, check_split="test[:500]",
             check_seed=0, data_dir=None):
   """Adds `model` to the zoo: its `.keras` file and its card.
 
   Args:
-    model: the trained model (logits out).
+    model: the trained model (logits out), Sequential or functional.
     name: its name, "dataset/model".
     card_fields: every card key except `name`, `check` and `date` (see the
       module docstring).
@@ -199,7 +222,7 @@ def publish(model, name, card_fields, root=ZOO_DIR, check_split="test[:500]",
     data_dir: tfds data directory; None means `TFDS_DATA_DIR` or tfds' default.
 
   Returns:
-    The card written.
+    The card written. The `.keras` file holds `inference_copy(model)`.
 
   Raises:
     ValueError: for a name that is not "dataset/model" or missing or extra
@@ -218,7 +241,7 @@ def publish(model, name, card_fields, root=ZOO_DIR, check_split="test[:500]",
         f"card_fields={card_fields!r}")
   path = entry_path(name, root, ".keras")
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  model.save(path)
+  inference_copy(model).save(path)
   x, y = data.load_arrays(card_fields["dataset"], check_split, data_dir)
   check = {"split": check_split, "seed": check_seed,
            "accuracy": measure_accuracy(keras.saving.load_model(path), x, y,

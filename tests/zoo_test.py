@@ -3,11 +3,14 @@
 The CIFAR-10 data comes from the prepared copy that `TFDS_DATA_DIR` points at.
 """
 
+import io
 import json
 import os
 import shutil
 import tempfile
+import zipfile
 
+import h5py
 import keras
 import numpy as np
 import tensorflow as tf
@@ -68,6 +71,16 @@ class ZooTest(tf.test.TestCase):
     self.assertEqual(entry["data"], "CIFAR-10 (JPEG copy)")
     self.assertEqual(entry["check"]["split"], "test[:500]")
     self.assertRegex(entry["date"], r"^\d{4}-\d\d-\d\d$")
+
+  def test_published_files_hold_no_optimizer_state(self):
+    # Both models hold the compiled `plain` (the defended one nested).
+    for name in ("cifar10/plain", "cifar10/defended"):
+      with zipfile.ZipFile(zoo.entry_path(name, self.root, ".keras")) as file:
+        with h5py.File(io.BytesIO(file.read("model.weights.h5")), "r") as h5:
+          paths = []
+          h5.visit(paths.append)
+      self.assertNotIn("optimizer", " ".join(paths), msg=name)
+      self.assertIn("vars", " ".join(paths), msg=name)
 
   def test_load_returns_the_published_model(self):
     loaded = zoo.load("cifar10/plain", root=self.root)
