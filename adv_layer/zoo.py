@@ -197,7 +197,15 @@ def inference_copy(model):
 
   Returns:
     A new functional model, uncompiled.
+
+  Raises:
+    ValueError: for a subclassed model (it has no graph of layers to copy).
   """
+  if type(model).__name__ not in ("Sequential", "Functional"):
+    raise ValueError(
+        "`model` must be a Sequential or functional keras.Model to publish "
+        "(a subclassed model cannot be copied from its config). Received: "
+        f"model={type(model).__name__}")
   # `clone_model` recompiles a compiled model but rebuilds the layers inside
   # it from their configs alone; a new, uncompiled functional model over the
   # same layers is the one it cannot recompile.

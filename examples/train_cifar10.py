@@ -180,6 +180,14 @@ def cached_training(model, f_a, preset, backup, output, strategy):
   return history
 
 
+def augmented_training_data(preset):
+  """The preset's training images, shuffled, cropped and flipped (seeded)."""
+  return data.load_tfds(
+      FLAGS.dataset, data.first_examples("train", preset["train_examples"]),
+      preset["batch_size"], training=True, data_dir=FLAGS.data_dir,
+      seed=FLAGS.seed)
+
+
 def train_baseline(f_a, preset, output, backup):
   """Trains the undefended or the Madry baseline f_a (`--defense`), saves it.
 
@@ -192,10 +200,7 @@ def train_baseline(f_a, preset, output, backup):
   Returns:
     A description of the training data, for the summary line.
   """
-  train_data = data.load_tfds(
-      FLAGS.dataset, data.first_examples("train", preset["train_examples"]),
-      preset["batch_size"], training=True, data_dir=FLAGS.data_dir,
-      seed=FLAGS.seed)
+  train_data = augmented_training_data(preset)
   madry = training.madry_settings(preset)
   training.train_classifier(
       f_a, train_data, preset["epochs"], adversarial=FLAGS.defense == "madry",
@@ -233,10 +238,7 @@ def train_defended(f_a, preset, fb_path, image_shape, num_classes, output,
     cached_training(model, f_a, preset, backup, output, strategy)
     source = f"{FLAGS.cached_draws} cached draws of g"
   else:
-    train_data = data.load_tfds(
-        FLAGS.dataset, data.first_examples("train", preset["train_examples"]),
-        preset["batch_size"], training=True, data_dir=FLAGS.data_dir,
-        seed=FLAGS.seed)
+    train_data = augmented_training_data(preset)
     training.train(model, train_data, preset["epochs"],
                    learning_rate=preset["learning_rate"],
                    momentum=preset["momentum"],

@@ -82,6 +82,18 @@ class ZooTest(tf.test.TestCase):
       self.assertNotIn("optimizer", " ".join(paths), msg=name)
       self.assertIn("vars", " ".join(paths), msg=name)
 
+  def test_a_subclassed_model_is_refused(self):
+
+    class Subclassed(keras.Model):
+
+      def call(self, inputs):
+        return inputs
+
+    with self.assertRaisesRegex(ValueError, "Received: model=Subclassed"):
+      zoo.inference_copy(Subclassed())
+    self.assertLen(zoo.inference_copy(self.defended).weights,
+                   len(self.defended.weights))
+
   def test_load_returns_the_published_model(self):
     loaded = zoo.load("cifar10/plain", root=self.root)
     self.assertAllClose(loaded.predict(self.x[:20], verbose=0),
