@@ -234,6 +234,11 @@ def markdown(report):
           success_histogram(worst["per_example_success"])) + ".", "",
       "## Sanity checks", "",
   ]
+  sanity_images = report["extras"].get("sanity_images", report["images"])
+  if sanity_images < report["images"]:
+    lines += [f"The extra runs (epsilon sweep, 2x reruns, gradient statistics) "
+              f"used the first {sanity_images} of the {report['images']} "
+              "images, compared with the attacks' scores on those images.", ""]
   lines += [f"- [{f['status']}] {f['name']}: {f['message']}"
             for f in report["flags"]]
   if report["failed"]:

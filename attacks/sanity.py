@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from attacks import common
+from attacks import scoring
 from attacks import suite
 
 __all__ = [
@@ -25,8 +26,9 @@ __all__ = [
     "LARGE_EPSILON", "check_convergence", "check_eot_gradients",
     "check_failures", "check_gradient_masking", "check_gradients",
     "check_large_epsilon", "check_monotone_epsilon", "check_robust_le_clean",
-    "draw_noise", "eot_diagnostics", "eot_gradient_diagnostics", "epsilon_sweep", "format_flags",
-    "gradient_stats", "reference_attack", "run_checks"
+    "draw_noise", "eot_diagnostics", "eot_gradient_diagnostics",
+    "epsilon_sweep", "first_images", "format_flags", "gradient_stats",
+    "reference_attack", "run_checks"
 ]
 
 EPSILON_SWEEP = (2 / 255, 4 / 255, 8 / 255, 16 / 255)
@@ -447,7 +449,26 @@ def eot_diagnostics(target, suite_result, x, y):
   return dict(diagnostics, attack=reference.name)
 
 
-def run_checks(target, suite_result, x, y, convergence=True):
+def first_images(suite_result, count):
+  """`suite_result` with every score restricted to its first `count` images.
+
+  The extra sanity runs on a subset compare against the suite's own runs on
+  the same images.
+
+  Args:
+    suite_result: a `suite.SuiteResult`.
+    count: images kept (see `scoring.first_images`).
+
+  Returns:
+    A `suite.SuiteResult`; its `worst` figures are those of all images.
+  """
+  return dataclasses.replace(
+      suite_result, clean=scoring.first_images(suite_result.clean, count),
+      results=[dataclasses.replace(r, score=scoring.first_images(r.score, count))
+               for r in suite_result.results])
+
+
+def run_checks(target, suite_result, x, y, convergence=True, images=None):
   """Runs every sanity check on a suite's output (extra attack runs included).
 
   Reruns the strongest white-box attack at epsilon in {2, 4, 8, 16}/255 and
@@ -465,21 +486,42 @@ def run_checks(target, suite_result, x, y, convergence=True):
     x: the suite's images.
     y: their labels.
     convergence: run the 2x steps / restarts / EOT samples reruns.
+    images: run the extra attack runs (epsilon sweep, 2x reruns) and the
+      gradient statistics on the first `images` images only, compared with
+      the suite's runs on the same images; None: on all of them. The other
+      checks always use every image.
 
   Returns:
     `(flags, extras)`: a list of `Flag` and a dict with the epsilon curve
     (`accuracy_vs_epsilon`), the gradient statistics (`gradients`,
-    `eot_gradients`) and the reruns' figures. An extra run that raises is
-    flagged (`sanity-runs-failed`) and its check left "not run"; the report
-    is still written.
+    `eot_gradients`), the reruns' figures and `sanity_images`, the images
+    of the extra runs. An extra run that raises is flagged
+    (`sanity-runs-failed`) and its check left "not run"; the report is still
+    written.
+
+  Raises:
+    ValueError: if `images` is not None nor an integer in [1, len(x)].
   """
   results = suite_result.results
   clean = suite_result.clean.mean_accuracy
   noise = draw_noise(suite_result.clean)
-  extras = {"draw_noise": noise}
   flags = [check_failures(suite_result.failed),
            check_robust_le_clean(clean, {r.name: r.score.mean_accuracy
                                          for r in results}, tolerance=noise)]
+  white = {r.name: r.score.mean_accuracy for r in results
+           if r.kind == suite.WHITE_BOX}
+  black = {r.name: r.score.mean_accuracy for r in results
+           if r.kind != suite.WHITE_BOX}
+  masking = check_gradient_masking(white, black, tolerance=noise)
+  if images is not None:
+    try:
+      suite_result = first_images(suite_result, images)
+    except ValueError:
+      raise ValueError(f"`images` must be None or an integer in [1, {len(x)}]."
+                       f" Received: images={images!r}") from None
+    x, y = x[:images], y[:images]
+    noise = draw_noise(suite_result.clean)
+  extras = {"draw_noise": noise, "sanity_images": int(len(x))}
   errors = {}
 
   def guarded(label, run, default=None):
@@ -500,11 +542,7 @@ def run_checks(target, suite_result, x, y, convergence=True):
   flags.append(check_monotone_epsilon(
       {e: a for e, a in curve.items() if e != LARGE_EPSILON}, tolerance=noise))
   flags.append(check_large_epsilon(curve.get(LARGE_EPSILON)))
-  white = {r.name: r.score.mean_accuracy for r in results
-           if r.kind == suite.WHITE_BOX}
-  black = {r.name: r.score.mean_accuracy for r in results
-           if r.kind != suite.WHITE_BOX}
-  flags.append(check_gradient_masking(white, black, tolerance=noise))
+  flags.append(masking)
   if target.defended:
     # White-box attacks on g itself (target selection) use no estimator.
     estimators = sorted({suite.REGISTRY[name].estimator for name in white}

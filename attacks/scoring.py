@@ -44,8 +44,8 @@ from adv_layer.layer import pinned_draws
 from attacks import common
 
 __all__ = [
-    "CONFIDENCE", "DRAWS", "Score", "clopper_pearson", "predict_labels",
-    "reseeded", "score", "score_labels"
+    "CONFIDENCE", "DRAWS", "Score", "clopper_pearson", "first_images",
+    "predict_labels", "reseeded", "score", "score_labels"
 ]
 
 CONFIDENCE = 0.95
@@ -170,7 +170,11 @@ def score_labels(predictions, y, seed=None):
     raise ValueError(
         f"`predictions` must have shape (draws, {y.shape[0]}). "
         f"Received: predictions.shape={predictions.shape}")
-  correct = predictions == y[None, :]
+  return _from_correct(predictions == y[None, :], seed)
+
+
+def _from_correct(correct, seed):
+  """A `Score` from its bool array `(draws, images)` of correct draws."""
   robust = np.all(correct, axis=0)
   return Score(
       correct=correct,
@@ -180,6 +184,26 @@ def score_labels(predictions, y, seed=None):
       per_example_mean=np.mean(correct, axis=0),
       draws=int(correct.shape[0]),
       seed=seed)
+
+
+def first_images(score, count):
+  """`score` restricted to its first `count` images (same draws).
+
+  Args:
+    score: a `Score`.
+    count: images kept, 1 to `score.images`.
+
+  Returns:
+    A `Score` over `count` images.
+
+  Raises:
+    ValueError: if `count` is not an integer in [1, `score.images`].
+  """
+  if (isinstance(count, bool) or not isinstance(count, (int, np.integer)) or
+      not 1 <= count <= score.images):
+    raise ValueError(f"`count` must be an integer in [1, {score.images}]. "
+                     f"Received: count={count!r}")
+  return _from_correct(np.asarray(score.correct)[:, :count], score.seed)
 
 
 def reseeded(model, seed):

@@ -165,6 +165,11 @@ def define_flags():
                     "Rerun the strongest white-box attack with 2x steps, 2x "
                     "restarts and (defended models) 2x EOT samples (the "
                     "convergence sanity checks).")
+  flags.DEFINE_integer("sanity_images", None,
+                       "Run the extra sanity runs (epsilon sweep, 2x reruns, "
+                       "accuracy vs EOT samples) on the first N attacked "
+                       "images only (all if N is larger; default: all); the "
+                       "report says so.", lower_bound=1)
   flags.DEFINE_string("data_npz", None,
                       "An .npz with arrays x (float32 in [0, 1]) and y, used "
                       "instead of tfds (its first --num_examples images).")
@@ -455,9 +460,13 @@ def main(argv):
   merged = runner.merge(FLAGS.report_dir, allow_incomplete=True)
   suite_result, x, y = merged.suite_result, merged.x, merged.y
   print("Sanity checks (extra attack runs) ...")
+  sanity_images = min(FLAGS.sanity_images or len(x), len(x))
   checks, extras = sanity.run_checks(target, suite_result, x, y,
-                                     convergence=FLAGS.convergence)
-  eot_attack, curve = eot_curve(target, suite_result, x, y)
+                                     convergence=FLAGS.convergence,
+                                     images=sanity_images)
+  eot_attack, curve = eot_curve(
+      target, sanity.first_images(suite_result, sanity_images),
+      x[:sanity_images], y[:sanity_images])
   if curve:
     extras["eot_attack"] = eot_attack
   meta = {

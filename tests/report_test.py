@@ -157,6 +157,17 @@ class WriteReportTest(tf.test.TestCase):
     self.assertNotIn("WEAKER", text)
 
 
+  def test_sanity_runs_on_fewer_images_are_named(self):
+    suite_result = hand_made_suite()
+    images = suite_result.clean.images
+    text = report.markdown(report.report_dict(
+        suite_result, [], extras={"sanity_images": images - 1}))
+    self.assertIn(f"used the first {images - 1} of the {images} images", text)
+    text = report.markdown(report.report_dict(
+        suite_result, [], extras={"sanity_images": images}))
+    self.assertNotIn("used the first", text)
+
+
 class SuccessHistogramTest(tf.test.TestCase):
 
   def test_bins(self):

@@ -237,6 +237,38 @@ class GradientMaskingSuiteTest(tf.test.TestCase):
     self.assertEqual(extras["reference_attack"], "pgd")
     self.assertLen(extras["accuracy_vs_epsilon"], 5)
 
+  def test_extra_runs_on_the_first_images(self):
+    classifier = mean_classifier()
+    x, y = near_boundary_images()
+    target = suite.Target(classifier, surrogate=classifier)
+    result = suite.run_suite(target, x, y, ["bpda_identity_eot",
+                                            "blackbox_transfer"],
+                             suite.Budget(epsilon=EPSILON, steps=5), seed=0,
+                             draws=2)
+    flags, extras = sanity.run_checks(target, result, x, y, convergence=True,
+                                      images=2)
+    flags = {f.name: f for f in flags}
+    self.assertEqual(extras["sanity_images"], 2)
+    self.assertEqual(extras["gradients"]["direct"]["images"], 2)
+    self.assertEqual(extras["doubled_steps"], {"attack": "pgd",
+                                               "accuracy": 0.0})
+    self.assertEqual(flags["converged-in-steps"].status, "ok")
+    self.assertLen(extras["accuracy_vs_epsilon"], 5)
+    with self.assertRaisesRegex(ValueError, r"images.*Received: images=7"):
+      sanity.run_checks(target, result, x, y, images=7)
+
+  def test_first_images_of_a_suite_result(self):
+    x, y = near_boundary_images()
+    target = suite.Target(mean_classifier())
+    result = suite.run_suite(target, x, y, ["bpda_identity_eot"],
+                             suite.Budget(epsilon=EPSILON, steps=1), seed=0,
+                             draws=2)
+    head = sanity.first_images(result, 3)
+    self.assertEqual(head.clean.images, 3)
+    self.assertEqual([r.score.images for r in head.results], [3])
+    self.assertAllEqual(head.clean.correct, result.clean.correct[:, :3])
+    self.assertEqual(head.worst, result.worst)
+
   def test_a_raising_sanity_run_is_flagged_not_fatal(self):
     classifier = mean_classifier()
     x, y = near_boundary_images()

@@ -56,6 +56,22 @@ class ScoreLabelsTest(tf.test.TestCase):
     with self.assertRaisesRegex(ValueError, "predictions"):
       scoring.score_labels([[0, 1]], [0, 1, 2])
 
+  def test_first_images_keeps_their_draws(self):
+    predictions = [[0, 1, 2, 0], [0, 1, 1, 0], [0, 2, 2, 0]]
+    s = scoring.first_images(scoring.score_labels(predictions, [0, 1, 2, 1],
+                                                  seed=3), 2)
+    # Correct per draw on the first two images: [1,1], [1,1], [1,0].
+    self.assertAllClose(s.mean_accuracy, 5 / 6)
+    self.assertAllEqual(s.robust, [True, False])
+    self.assertEqual(s.strict_accuracy, 0.5)
+    self.assertEqual((s.images, s.draws, s.seed), (2, 3, 3))
+
+  def test_first_images_refuses_a_bad_count(self):
+    s = scoring.score_labels([[0, 1]], [0, 1])
+    for count in (0, 3, 1.0, True):
+      with self.assertRaisesRegex(ValueError, "count"):
+        scoring.first_images(s, count)
+
   def test_to_dict_lists_per_example_values(self):
     d = scoring.score_labels([[0, 1]], [0, 0]).to_dict()
     self.assertEqual(d["robust"], [1, 0])
