@@ -193,6 +193,10 @@ def define_flags():
                     "Build the report from the finished units of all shards.")
   flags.DEFINE_bool("dry_run", False,
                     "Print the estimated cost and stop (probes a few steps).")
+  flags.DEFINE_integer("probe_images", None,
+                       "Images per --dry_run probe (default: --unit_size). "
+                       "Fewer probe faster; the seconds per image are then "
+                       "overstated (less batching).", lower_bound=1)
   flags.DEFINE_string("replay_attack", None,
                       "Replay this attack's recorded result on "
                       "--replay_example from adversarial.npz, and stop.")
@@ -440,7 +444,7 @@ def main(argv):
   if FLAGS.dry_run:
     estimate = runner.estimate_cost(
         target, x, y, names, budget, seed=FLAGS.seed, draws=draws,
-        unit_size=FLAGS.unit_size,
+        unit_size=FLAGS.unit_size, probe_images=FLAGS.probe_images,
         shards=sorted({1, len(distributed.local_devices(strategy)) *
                        distributed.shard_of(strategy, FLAGS.num_shards,
                                             FLAGS.shard_index)[0]}))
