@@ -236,9 +236,10 @@ def markdown(report):
   ]
   sanity_images = report["extras"].get("sanity_images", report["images"])
   if sanity_images < report["images"]:
-    lines += [f"The extra runs (epsilon sweep, 2x reruns, gradient statistics) "
-              f"used the first {sanity_images} of the {report['images']} "
-              "images, compared with the attacks' scores on those images.", ""]
+    lines += [f"The extra runs (epsilon sweep, 2x reruns, gradient statistics, "
+              f"accuracy vs EOT samples) used the first {sanity_images} of the "
+              f"{report['images']} images, compared with the attacks' scores on "
+              "those images.", ""]
   lines += [f"- [{f['status']}] {f['name']}: {f['message']}"
             for f in report["flags"]]
   if report["failed"]:
@@ -379,17 +380,19 @@ def write_report(report_dir, suite_result, flags, extras=None, meta=None,
   with open(paths["md"], "w") as f:
     f.write(markdown(report))
   curve = {float(e): a for e, a in extras.get("accuracy_vs_epsilon", {}).items()}
+  sanity_images = extras.get("sanity_images", report["images"])
   if curve:
     paths["epsilon_png"] = os.path.join(report_dir, "accuracy_vs_epsilon.png")
     plot_accuracy_vs_epsilon(
         curve, paths["epsilon_png"],
-        f"{extras.get('reference_attack')}, {data}, {report['images']} images",
-        clean=suite_result.clean.mean_accuracy)
+        f"{extras.get('reference_attack')}, {data}, {sanity_images} images",
+        clean=extras.get("sanity_clean_accuracy",
+                         suite_result.clean.mean_accuracy))
   if eot_curve:
     paths["eot_png"] = os.path.join(report_dir, "accuracy_vs_eot.png")
     plot_accuracy_vs_eot(eot_curve, paths["eot_png"],
                          f"{extras.get('eot_attack', 'EOT')}, {data}, "
-                         f"{report['images']} images")
+                         f"{sanity_images} images")
   if grid:
     paths["grid_png"] = os.path.join(report_dir, "transform_grid.png")
     plot_transform_grid(grid, paths["grid_png"],

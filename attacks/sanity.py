@@ -494,10 +494,10 @@ def run_checks(target, suite_result, x, y, convergence=True, images=None):
   Returns:
     `(flags, extras)`: a list of `Flag` and a dict with the epsilon curve
     (`accuracy_vs_epsilon`), the gradient statistics (`gradients`,
-    `eot_gradients`), the reruns' figures and `sanity_images`, the images
-    of the extra runs. An extra run that raises is flagged
-    (`sanity-runs-failed`) and its check left "not run"; the report is still
-    written.
+    `eot_gradients`), the reruns' figures, `sanity_images` (the images of
+    the extra runs) and `sanity_clean_accuracy` (their clean mean
+    accuracy). An extra run that raises is flagged (`sanity-runs-failed`)
+    and its check left "not run"; the report is still written.
 
   Raises:
     ValueError: if `images` is not None nor an integer in [1, len(x)].
@@ -521,7 +521,8 @@ def run_checks(target, suite_result, x, y, convergence=True, images=None):
                        f" Received: images={images!r}") from None
     x, y = x[:images], y[:images]
     noise = draw_noise(suite_result.clean)
-  extras = {"draw_noise": noise, "sanity_images": int(len(x))}
+  extras = {"draw_noise": noise, "sanity_images": int(len(x)),
+            "sanity_clean_accuracy": suite_result.clean.mean_accuracy}
   errors = {}
 
   def guarded(label, run, default=None):

@@ -249,6 +249,8 @@ class GradientMaskingSuiteTest(tf.test.TestCase):
                                       images=2)
     flags = {f.name: f for f in flags}
     self.assertEqual(extras["sanity_images"], 2)
+    self.assertEqual(extras["sanity_clean_accuracy"],
+                     result.clean.correct[:, :2].mean())
     self.assertEqual(extras["gradients"]["direct"]["images"], 2)
     self.assertEqual(extras["doubled_steps"], {"attack": "pgd",
                                                "accuracy": 0.0})
