@@ -873,7 +873,7 @@ def _probe_attack(target, name, spec, x, y, budget, seed, draws):
 
 def estimate_cost(target, x, y, attacks, budget=suite.Budget(), seed=0,
                   draws=suite.REFERENCE_DRAWS, unit_size=100, shards=(1,),
-                  probe_images=None):
+                  probe_images=None, progress=None):
   """The dry run: passes, FLOPs and seconds of an evaluation, per attack.
 
   Each attack runs on the first `probe_images` images at the full budget but
@@ -903,6 +903,8 @@ def estimate_cost(target, x, y, attacks, budget=suite.Budget(), seed=0,
     probe_images: images per probe (default: `unit_size`, the batch the
       evaluation runs; fewer makes the probe cheaper and the estimate of
       seconds higher).
+    progress: optional callable `(name)` called after each probe (`CLEAN`
+      first, then each attack), e.g. to advance a progress bar.
 
   Returns:
     A `CostEstimate`.
@@ -926,12 +928,16 @@ def estimate_cost(target, x, y, attacks, budget=suite.Budget(), seed=0,
     _, seconds = _timed(clean)
   probed = [(CLEAN, int(counters["f_b"].numpy()),
              int(counters["model"].numpy()), seconds, "exact", 1)]
+  if progress is not None:
+    progress(CLEAN)
   for name, registry_name in plan.attacks:
     spec = suite.REGISTRY[registry_name]
     f_b, model, seconds, bound = _probe_attack(target, name, spec, xp, yp,
                                                budget, seed, draws)
     probed.append((name, f_b, model, seconds, bound,
                       2 if spec.kind == suite.WHITE_BOX else 1))
+    if progress is not None:
+      progress(name)
   rows = []
   for name, f_b, model, seconds, bound, gradient in probed:
     scale = plan.images / count

@@ -442,12 +442,19 @@ def main(argv):
     print(json.dumps(outcome, indent=1))
     return 0
   if FLAGS.dry_run:
-    estimate = runner.estimate_cost(
-        target, x, y, names, budget, seed=FLAGS.seed, draws=draws,
-        unit_size=FLAGS.unit_size, probe_images=FLAGS.probe_images,
-        shards=sorted({1, len(distributed.local_devices(strategy)) *
-                       distributed.shard_of(strategy, FLAGS.num_shards,
-                                            FLAGS.shard_index)[0]}))
+    with tqdm.tqdm(total=len(names) + 1, desc="dry run probes") as bar:
+
+      def probed(name):
+        bar.set_postfix(probed=name, refresh=False)
+        bar.update()
+
+      estimate = runner.estimate_cost(
+          target, x, y, names, budget, seed=FLAGS.seed, draws=draws,
+          unit_size=FLAGS.unit_size, probe_images=FLAGS.probe_images,
+          shards=sorted({1, len(distributed.local_devices(strategy)) *
+                         distributed.shard_of(strategy, FLAGS.num_shards,
+                                              FLAGS.shard_index)[0]}),
+          progress=probed)
     print(estimate.table())
     print(f"(probes: {estimate.probe_images} images, "
           f"{estimate.probe_s:.1f} s)")

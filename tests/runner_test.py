@@ -297,11 +297,13 @@ class RunnerTest(tf.test.TestCase):
                      any(f["status"] == "FLAG" for f in entry["sanity_flags"]))
 
   def test_dry_run_counts_the_passes_of_the_run(self):
+    probed = []
     estimate = runner.estimate_cost(self.target, self.x, self.y, ATTACKS,
                                     BUDGET, draws=DRAWS, unit_size=UNIT_SIZE,
-                                    shards=(1, 2))
+                                    shards=(1, 2), progress=probed.append)
     rows = {row["attack"]: row for row in estimate.rows}
     self.assertEqual(list(rows), [runner.CLEAN] + ATTACKS)
+    self.assertEqual(probed, list(rows))
     pgd, square = self.single.suite_result.results
     self.assertEqual(rows[pgd.name]["passes"], "exact")
     self.assertEqual(rows[pgd.name]["model_passes"], pgd.model_passes)
