@@ -500,7 +500,8 @@ def run_checks(target, suite_result, x, y, convergence=True, images=None):
     and its check left "not run"; the report is still written.
 
   Raises:
-    ValueError: if `images` is not None nor an integer in [1, len(x)].
+    ValueError: if `images` is not None nor an integer in [1, len(x)],
+      naming the value received.
   """
   results = suite_result.results
   clean = suite_result.clean.mean_accuracy
@@ -514,11 +515,11 @@ def run_checks(target, suite_result, x, y, convergence=True, images=None):
            if r.kind != suite.WHITE_BOX}
   masking = check_gradient_masking(white, black, tolerance=noise)
   if images is not None:
-    try:
-      suite_result = first_images(suite_result, images)
-    except ValueError:
-      raise ValueError(f"`images` must be None or an integer in [1, {len(x)}]."
-                       f" Received: images={images!r}") from None
+    common.check_number("images", images, minimum=1, integer=True)
+    if images > len(x):
+      raise ValueError(f"`images` must be at most the {len(x)} images of the "
+                       f"suite. Received: images={images!r}")
+    suite_result = first_images(suite_result, images)
     x, y = x[:images], y[:images]
     noise = draw_noise(suite_result.clean)
   extras = {"draw_noise": noise, "sanity_images": int(len(x)),

@@ -199,10 +199,10 @@ def first_images(score, count):
   Raises:
     ValueError: if `count` is not an integer in [1, `score.images`].
   """
-  if (isinstance(count, bool) or not isinstance(count, (int, np.integer)) or
-      not 1 <= count <= score.images):
-    raise ValueError(f"`count` must be an integer in [1, {score.images}]. "
-                     f"Received: count={count!r}")
+  common.check_number("count", count, minimum=1, integer=True)
+  if count > score.images:
+    raise ValueError(f"`count` must be at most the {score.images} images "
+                     f"scored. Received: count={count!r}")
   return _from_correct(np.asarray(score.correct)[:, :count], score.seed)
 
 

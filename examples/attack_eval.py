@@ -471,13 +471,15 @@ def main(argv):
   merged = runner.merge(FLAGS.report_dir, allow_incomplete=True)
   suite_result, x, y = merged.suite_result, merged.x, merged.y
   print("Sanity checks (extra attack runs) ...")
-  sanity_images = min(FLAGS.sanity_images or len(x), len(x))
+  sanity_images = (None if FLAGS.sanity_images is None else
+                   min(FLAGS.sanity_images, len(x)))
   checks, extras = sanity.run_checks(target, suite_result, x, y,
                                      convergence=FLAGS.convergence,
                                      images=sanity_images)
-  eot_attack, curve = eot_curve(
-      target, sanity.first_images(suite_result, sanity_images),
-      x[:sanity_images], y[:sanity_images])
+  subset = suite_result if sanity_images is None else sanity.first_images(
+      suite_result, sanity_images)
+  eot_attack, curve = eot_curve(target, subset, x[:subset.clean.images],
+                                y[:subset.clean.images])
   if curve:
     extras["eot_attack"] = eot_attack
   meta = {

@@ -256,8 +256,9 @@ class GradientMaskingSuiteTest(tf.test.TestCase):
                                                "accuracy": 0.0})
     self.assertEqual(flags["converged-in-steps"].status, "ok")
     self.assertLen(extras["accuracy_vs_epsilon"], 5)
-    with self.assertRaisesRegex(ValueError, r"images.*Received: images=7"):
-      sanity.run_checks(target, result, x, y, images=7)
+    for images in (7, 0, 2.0):
+      with self.assertRaisesRegex(ValueError, f"Received: images={images}"):
+        sanity.run_checks(target, result, x, y, images=images)
 
   def test_first_images_of_a_suite_result(self):
     x, y = near_boundary_images()
