@@ -30,8 +30,12 @@ most the units in flight (one per process, or one per replica thread with
 `replicas`). A killed write leaves a hidden `.*.tmp` file, ignored by
 everything here and safe to delete.
 `<report_dir>/units/plan.json` records the evaluation; a run whose budget, R,
-`unit_size`, model, images, attacks or seed differ is refused with a
-ValueError naming the differences: use a fresh report_dir. The model digest
+`unit_size`, model, images or seed differ, or that drops an attack, is
+refused with a ValueError naming the differences: use a fresh report_dir.
+A run may add attacks: the record grows and the finished units are kept, so
+an evaluation can start with the strongest attacks on every image and take
+in the rest of a list in later runs (until then, `merge(...,
+allow_incomplete=True)` reports the added attacks as missing). The model digest
 includes the layer names of its config, so load the model from the same
 .keras file (a rebuilt model with other auto-generated names is refused,
 never silently reused).
@@ -301,11 +305,17 @@ def _load_unit(path):
 
 
 _PLAN_FIELDS = ("budget", "draws", "unit_size", "model_digest",
-                "data_digest", "images", "attacks", "seed")
+                "data_digest", "images", "seed")
 
 
 def _claim(report_dir, plan):
-  """Creates the units folder, or checks that it holds this evaluation."""
+  """Creates the units folder, or checks that it holds this evaluation.
+
+  The attack list may grow: a plan whose attacks include every attack of the
+  recorded one (same display and registry names) replaces the record, and
+  the finished units stay valid, since a unit's key does not depend on the
+  list. Dropping or renaming an attack is refused like any other change.
+  """
   folder = os.path.join(report_dir, UNITS_DIR)
   os.makedirs(folder, exist_ok=True)
   path = os.path.join(folder, PLAN_FILE)
@@ -315,13 +325,18 @@ def _claim(report_dir, plan):
       old = json.load(f)
     changed = [f"{field}: {old.get(field)} -> {record[field]}"
                for field in _PLAN_FIELDS if old.get(field) != record[field]]
+    dropped = [pair for pair in old.get("attacks", [])
+               if pair not in record["attacks"]]
+    if dropped:
+      changed.append(f"attacks dropped or renamed: {dropped}")
     if changed:
       raise ValueError(
           f"{folder} holds units of another evaluation ({'; '.join(changed)}); "
           f"use a fresh report_dir. Received: report_dir={report_dir!r}")
-  else:
-    _write_atomic(path, lambda f: f.write(
-        json.dumps(record, indent=1, sort_keys=True).encode()))
+    if old["attacks"] == record["attacks"]:
+      return folder
+  _write_atomic(path, lambda f: f.write(
+      json.dumps(record, indent=1, sort_keys=True).encode()))
   return folder
 
 
@@ -395,7 +410,8 @@ def run(target, x, y, attacks, report_dir, budget=suite.Budget(), seed=0,
 
   Raises:
     ValueError: for bad arguments, or a report_dir holding units of another
-      evaluation (budget, R, unit_size, model, images, attacks or seed).
+      evaluation (budget, R, unit_size, model, images or seed, or an attack
+      this call drops).
   """
   plan = make_plan(target, x, y, attacks, budget, seed, draws, unit_size)
   x, y = _checked(x, y, budget)

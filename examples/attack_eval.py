@@ -23,7 +23,9 @@ At scale (`attacks.runner`): the evaluation is a set of units (attack ×
 block of --unit_size images), each seeded by its block and written to
 --report_dir/units/ when finished, so rerunning the same command resumes
 (a kill loses at most the unit in flight; another budget, model, seed or
-image set in the same folder is refused). --num_shards=N --shard_index=i
+image set in the same folder is refused). A rerun may add attacks to
+--attacks and keeps the finished units: start with the strongest attacks on
+every image, add the rest of a list later. --num_shards=N --shard_index=i
 runs one slice of the blocks and stops; once all shards are done,
 --merge_only builds the one report, identical to a single process's.
 --dry_run prints the cost (f_b and model passes, FLOPs, time measured on

@@ -252,6 +252,32 @@ class RunnerTest(tf.test.TestCase):
       runner.run(self.target, self.x, self.y, ATTACKS, self.dirs["single"],
                  BUDGET, draws=DRAWS + 1, unit_size=UNIT_SIZE)
 
+  def test_dropped_attack_is_refused(self):
+    with self.assertRaisesRegex(ValueError,
+                                "another evaluation.*dropped.*square"):
+      runner.run(self.target, self.x, self.y, ATTACKS[:1], self.dirs["single"],
+                 BUDGET, draws=DRAWS, unit_size=UNIT_SIZE)
+
+  def test_added_attack_keeps_the_finished_units(self):
+    folder = os.path.join(self.folder, "extended")
+    shutil.copytree(self.dirs["single"], folder)
+    extended = runner.run(self.target, self.x, self.y,
+                          ATTACKS + ["pgd_restarts_bpda_identity"], folder,
+                          BUDGET, draws=DRAWS, unit_size=UNIT_SIZE)
+    self.assertCountEqual(extended.reused, self.first.ran)
+    self.assertEqual([k.split(".")[0] for k in extended.ran],
+                     ["pgd_restarts_bpda_identity"] * 2)
+    merged = runner.merge(folder)
+    self.assertEqual([r.name for r in merged.suite_result.results],
+                     ATTACKS + ["pgd_restarts_bpda_identity"])
+    for old, new in zip(self.single.suite_result.results,
+                        merged.suite_result.results):
+      self.assertAllEqual(old.score.correct, new.score.correct)
+      self.assertEqual(old.x_adv.tobytes(), new.x_adv.tobytes())
+    # The grown record now refuses the old, shorter list.
+    with self.assertRaisesRegex(ValueError, "dropped.*pgd_restarts"):
+      self.evaluate(folder)
+
   def load_model(self):
     return keras.saving.load_model(os.path.join(self.folder, "model.keras"))
 
