@@ -4,7 +4,8 @@ Xiao & Zheng (CVPR 2020), Table 3: clean and robust accuracy of no defense,
 Madry et al.'s adversarial training and the defense. Each `--report` names a
 row and the report folder of one evaluation; the table shows, per row, the
 clean and the worst-case accuracy on the attacked images with their 95%
-intervals, the strongest attack, the budget's shortfalls against the
+intervals, how many attacks ran (a worst case over a short list is an upper
+bound on a longer one's; the budget line names them), the strongest attack, the budget's shortfalls against the
 reference and, for a row named as in the paper, the paper's figures.
 
 Example (after one `attack_eval.py` run per published model):
@@ -76,9 +77,10 @@ def table_lines(rows):
     A list of markdown lines: the table, then one budget line per row.
   """
   paper = reference.PAPER["table3"]
-  lines = ["| Model | verdict | images × draws | clean, mean | clean, strict | "
-           "worst case, strict | strongest attack | paper clean | paper robust "
-           "(attack) |", "|---|---|---|---|---|---|---|---|---|"]
+  lines = ["| Model | verdict | attacks run | images × draws | clean, mean | "
+           "clean, strict | worst case, strict | strongest attack | paper "
+           "clean | paper robust (attack) |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
   for name, entry in rows:
     cases = [(name, entry["worst_case"], paper.get(name))]
     if entry["defended"]:
@@ -90,7 +92,8 @@ def table_lines(rows):
                      f"{100 * known['robust']:.1f}% ({known['attack']})"
                      if known else "- | -")
       lines.append(
-          f"| {label} | {entry['verdict']} | {entry['images']} × "
+          f"| {label} | {entry['verdict']} | {len(entry['attacks'])} | "
+          f"{entry['images']} × "
           f"{entry['draws']} | {report.with_interval(entry['clean'], 'mean_accuracy')} | "
           f"{report.with_interval(entry['clean'], 'strict_accuracy')} | "
           f"{report.with_interval(worst, 'strict_accuracy', bold=True)} | "
@@ -102,7 +105,9 @@ def table_lines(rows):
         f"- {name}: {meta.get('model', '?')}, {meta.get('data', '?')} "
         f"{meta.get('split', '')}, seed {entry['seed']}; budget "
         f"{report.budget_text(entry['budget'])}; below the reference: "
-        f"{shortfall_text(entry)}; {entry['machine']['cpu_count']} CPU cores, "
+        f"{shortfall_text(entry)}; attacks: "
+        f"{', '.join(a['name'] for a in entry['attacks'])}; "
+        f"{entry['machine']['cpu_count']} CPU cores, "
         f"devices {', '.join(entry['machine']['devices'])}, "
         f"{meta.get('elapsed_s', 0) / 3600:.2f} h.")
   return lines

@@ -24,6 +24,7 @@ def fake_report(defended, weaker):
       "machine": {"cpu_count": 2, "devices": ["/physical_device:CPU:0"]},
       "seed": 0, "draws": 20, "images": 500, "defended": defended,
       "budget": {"epsilon": 8 / 255, "steps": 20},
+      "attacks": [{"name": "apgd_ce"}, {"name": "square"}],
       "clean": figures(0.8, 0.75, 0.85),
       "worst_case": figures(0.1, 0.05, 0.15),
       "worst_case_white_box": figures(0.3, 0.25, 0.35),
@@ -38,11 +39,11 @@ class VerdictTableTest(tf.test.TestCase):
         ("Madry et al.", fake_report(False, [])),
         ("Ours", fake_report(True, weaker))])
     self.assertEqual(lines[2], (
-        "| Madry et al. | COMPLETE | 500 × 20 | 80.0% [75.0, 85.0] | "
+        "| Madry et al. | COMPLETE | 2 | 500 × 20 | 80.0% [75.0, 85.0] | "
         "80.0% [75.0, 85.0] | **10.0%** [5.0, 15.0] | apgd_ce | 81.7% | "
         "42.7% (PGD) |"))
     self.assertEqual(lines[3], (
-        "| Ours | COMPLETE | 500 × 20 | 80.0% [75.0, 85.0] | "
+        "| Ours | COMPLETE | 2 | 500 × 20 | 80.0% [75.0, 85.0] | "
         "80.0% [75.0, 85.0] | **10.0%** [5.0, 15.0] | apgd_ce | 82.9% | "
         "73.4% (Transfer) |"))
     # The defended row's white-box worst case, beside the paper's BPDA row.
@@ -53,6 +54,7 @@ class VerdictTableTest(tf.test.TestCase):
     self.assertIn("below the reference: none (reference strength);", lines[6])
     self.assertIn("below the reference: steps 20 (ref. 100);", lines[7])
     self.assertIn("test[:500], seed 0; budget eps=8/255, steps=20;", lines[7])
+    self.assertIn("attacks: apgd_ce, square; 2 CPU cores", lines[7])
     self.assertTrue(lines[7].endswith("0.50 h."))
 
   def test_a_row_unknown_to_the_paper_has_no_paper_figures(self):
