@@ -111,7 +111,7 @@ class ZooTest(tf.test.TestCase):
     self.assertGreater(entry["clean_accuracy"], 0.13)
 
   def test_every_model_reproduces_its_card(self):
-    # The zoo's own models (none until weights are published) and this
+    # The zoo's published models (adv_layer/zoo_models) and this
     # test's two models, one of them randomized (g pinned to the card's seed).
     entries = ([(zoo.ZOO_DIR, name) for name in zoo.available()] +
                [(self.root, name) for name in zoo.available(self.root)])
