@@ -5,12 +5,14 @@ Madry et al.'s adversarial training and the defense. Each `--report` names a
 row and the report folder of one evaluation; the table shows, per row, the
 clean and the worst-case accuracy on the attacked images with their 95%
 intervals, how many attacks ran (a worst case over a short list is an upper
-bound on a longer one's; the budget line names them), the strongest attack, the budget's shortfalls against the
-reference and, for a row named as in the paper, the paper's figures.
+bound on a longer one's; the budget line names them), the strongest
+attack, the budget's shortfalls against the reference and, for a row named
+as in the paper, the paper's figures. Run it from the repository root, as a
+module (it reads the paper's figures from `examples.reproduction`).
 
 Example (after one `attack_eval.py` run per published model):
 
-  python examples/verdict_table.py \
+  python -m examples.verdict_table \
       --report="No defense=runs/verdict/undefended" \
       --report="Madry et al.=runs/verdict/madry" \
       --report="Ours=runs/verdict/defended" --output=runs/verdict/table3.md
@@ -92,7 +94,8 @@ def table_lines(rows):
                      f"{100 * known['robust']:.1f}% ({known['attack']})"
                      if known else "- | -")
       lines.append(
-          f"| {label} | {entry['verdict']} | {len(entry['attacks'])} | "
+          f"| {label} | {entry['verdict']} | "
+          f"{len(worst.get('attacks', entry['attacks']))} | "
           f"{entry['images']} × "
           f"{entry['draws']} | {report.with_interval(entry['clean'], 'mean_accuracy')} | "
           f"{report.with_interval(entry['clean'], 'strict_accuracy')} | "

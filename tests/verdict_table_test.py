@@ -27,7 +27,8 @@ def fake_report(defended, weaker):
       "attacks": [{"name": "apgd_ce"}, {"name": "square"}],
       "clean": figures(0.8, 0.75, 0.85),
       "worst_case": figures(0.1, 0.05, 0.15),
-      "worst_case_white_box": figures(0.3, 0.25, 0.35),
+      "worst_case_white_box": figures(0.3, 0.25, 0.35) | {
+          "attacks": ["apgd_ce"]},
   }
 
 
@@ -47,7 +48,8 @@ class VerdictTableTest(tf.test.TestCase):
         "80.0% [75.0, 85.0] | **10.0%** [5.0, 15.0] | apgd_ce | 82.9% | "
         "73.4% (Transfer) |"))
     # The defended row's white-box worst case, beside the paper's BPDA row.
-    self.assertIn("| Ours (white-box attacks only) |", lines[4])
+    # Over the white-box attacks only: 1 of the 2.
+    self.assertIn("| Ours (white-box attacks only) | COMPLETE | 1 |", lines[4])
     self.assertIn("**30.0%** [25.0, 35.0] | apgd_ce | 82.9% | 80.2% (BPDA) |",
                   lines[4])
     self.assertEqual(lines[5], "")
