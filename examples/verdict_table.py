@@ -95,7 +95,7 @@ def table_lines(rows):
                      if known else "- | -")
       lines.append(
           f"| {label} | {entry['verdict']} | "
-          f"{len(worst.get('attacks', entry['attacks']))} | "
+          f"{len(worst['attacks'])} | "
           f"{entry['images']} × "
           f"{entry['draws']} | {report.with_interval(entry['clean'], 'mean_accuracy')} | "
           f"{report.with_interval(entry['clean'], 'strict_accuracy')} | "
