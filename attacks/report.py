@@ -3,7 +3,10 @@
 Every report opens with its verdict (INCOMPLETE when an attack raised: its
 worst case is then only an upper bound) and each way its budget falls below
 the reference (`suite.weaker_than_reference`), or says that it meets it; the
-JSON holds both (`verdict`, `weaker_than_reference`). Every accuracy carries
+JSON holds both (`verdict`, `weaker_than_reference`). It then names the
+attacks of the `adaptive` preset that apply to the model but did not run
+(`suite.not_run`): the worst case is an upper bound on the preset's until
+they do. Every accuracy carries
 its 95% Clopper-Pearson interval (`attacks.scoring`), and the worst case the
 per-example success probability over draws.
 
@@ -122,7 +125,7 @@ def with_interval(figures, key, bold=False):
 
 
 def header_lines(report):
-  """The verdict and the budget against the reference, first in every report.
+  """The verdict, the budget against the reference and the attacks not run.
 
   Args:
     report: a `report_dict`.
@@ -152,6 +155,15 @@ def header_lines(report):
                  "a reference-strength evaluation.")
   else:
     lines.append("Budget at reference strength.")
+  ran = [row["name"] for row in report["attacks"]] + list(report["failed"])
+  missing = suite.not_run(ran, report["defended"])
+  if missing:
+    lines += ["", f"**Not run:** {len(missing)} attacks of the `adaptive` "
+              f"preset that apply to this model: {', '.join(missing)}. The "
+              "worst case is an upper bound on the preset's."]
+  else:
+    lines += ["", "Every attack of the `adaptive` preset that applies to this "
+              "model ran."]
   return lines
 
 

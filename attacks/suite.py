@@ -61,8 +61,8 @@ from attacks import transfer
 __all__ = [
     "AttackResult", "AttackSpec", "BUDGET_PRESETS", "Budget", "BudgetPreset",
     "COMPLETE", "INCOMPLETE", "PRESETS", "REFERENCE_DRAWS", "REFERENCE_IMAGES",
-    "REGISTRY", "SuiteResult", "Target", "attack_seed", "count_passes", "plan",
-    "planned", "rerun", "resolve_attacks", "run_attack", "run_suite",
+    "REGISTRY", "SuiteResult", "Target", "attack_seed", "count_passes",
+    "not_run", "plan", "planned", "rerun", "resolve_attacks", "run_attack", "run_suite",
     "scoring_seed", "weaker_than_reference", "worst_case"
 ]
 
@@ -627,6 +627,39 @@ def resolve_attacks(names):
 def planned(target, attacks):
   """The display names `run_suite` would run on `target` for `attacks`."""
   return [name for name, _ in plan(target, resolve_attacks(attacks))[0]]
+
+
+def not_run(ran, defended, preset="adaptive"):
+  """The attacks of a preset that apply to a model but are not in `ran`.
+
+  A worst case over fewer attacks is only an upper bound on the preset's, so
+  a report names what is missing. On a plain classifier the attacks that need
+  g do not apply, and the estimator variants of one family are one attack,
+  named by the family (as `plan` runs them).
+
+  Args:
+    ran: display names of the attacks that ran or raised.
+    defended: whether the model contains an `AdversarialTransform`.
+    preset: a `PRESETS` key.
+
+  Returns:
+    The missing display names, in the preset's order, without repeats.
+
+  Raises:
+    ValueError: for an unknown preset.
+  """
+  if preset not in PRESETS:
+    raise ValueError(f"Unknown preset; known: {sorted(PRESETS)}. "
+                     f"Received: preset={preset!r}")
+  missing = []
+  for name in PRESETS[preset]:
+    spec = REGISTRY[name]
+    if spec.needs_transform and not defended:
+      continue
+    shown = spec.family if spec.family and not defended else name
+    if shown not in ran and shown not in missing:
+      missing.append(shown)
+  return missing
 
 
 def plan(target, names):

@@ -1,5 +1,6 @@
 """Tests of attacks.report: report.json / report.md / PNGs are written and parse."""
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -131,6 +132,10 @@ class WriteReportTest(tf.test.TestCase):
                   "eot_samples 4 (reference 20), images 4 (reference 10000), "
                   "draws 2 (reference 20).", text)
     self.assertEqual(data["failed"], {"spsa": "ValueError: broken"})
+    # A and B are not registry attacks: the whole preset is missing.
+    adaptive = len(suite.PRESETS["adaptive"])
+    self.assertIn(f"**Not run:** {adaptive} attacks of the `adaptive` preset "
+                  "that apply to this model: pgd_restarts_bpda_identity, ", text)
 
   def test_optional_plots_skipped_without_data(self):
     directory = self.new_dir()
@@ -155,6 +160,16 @@ class WriteReportTest(tf.test.TestCase):
         "Verdict: COMPLETE (every planned attack ran)."))
     self.assertIn("Budget at reference strength.", text)
     self.assertNotIn("WEAKER", text)
+
+  def test_full_adaptive_preset_says_so(self):
+    suite_result = hand_made_suite(failed={})
+    names = suite.PRESETS["adaptive"]
+    suite_result.results = [dataclasses.replace(suite_result.results[0],
+                                                name=name) for name in names]
+    text = report.print_summary(report.report_dict(suite_result, []))
+    self.assertIn("Every attack of the `adaptive` preset that applies to this "
+                  "model ran.", text)
+    self.assertNotIn("Not run", text)
 
 
   def test_sanity_runs_on_fewer_images_are_named(self):

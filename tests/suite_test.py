@@ -140,6 +140,26 @@ class RegistryTest(tf.test.TestCase):
     self.assertEqual(skipped, {})
     self.assertEqual([n for n, _ in runs], suite.resolve_attacks("full"))
 
+  def test_not_run_on_a_plain_classifier_names_families(self):
+    # The undefended Table 3 run: one attack per family ran, no surrogates.
+    missing = suite.not_run(["pgd_restarts", "apgd_ce", "apgd_dlr_t", "pgd"],
+                            defended=False)
+    self.assertEqual(missing, ["blackbox_transfer", "blackbox_transfer_mi_di",
+                               "adv_surrogate_transfer",
+                               "adv_surrogate_transfer_mi_di", "square"])
+
+  def test_not_run_on_a_defended_model_names_each_estimator(self):
+    ran = list(suite.PRESETS["adaptive"])
+    self.assertEqual(suite.not_run(ran, defended=True), [])
+    ran.remove("apgd_ce_bpda")
+    ran.remove("square")
+    self.assertEqual(suite.not_run(ran, defended=True),
+                     ["apgd_ce_bpda", "square"])
+
+  def test_not_run_unknown_preset_raises(self):
+    with self.assertRaisesRegex(ValueError, "preset='nope'"):
+      suite.not_run([], defended=True, preset="nope")
+
   def test_budget_helpers(self):
     budget = suite.Budget(steps=10, queries=1000)
     self.assertEqual(suite.spsa_samples(budget), 98)  # 1 + 10 * 99 <= 1000.
