@@ -40,6 +40,12 @@ includes the layer names of its config, so load the model from the same
 .keras file (a rebuilt model with other auto-generated names is refused,
 never silently reused).
 
+The extra runs after the attacks (the sanity checks' epsilon sweep and 2x
+reruns, the accuracy-vs-EOT curve) go through `stored_rerun`, which keeps
+each in `<report_dir>/reruns/` the same way: a killed report build resumes,
+and the report of a grown evaluation reuses them while its strongest attack
+stays the same.
+
 `merge` builds the one `suite.SuiteResult` from the unit files, `export`
 writes a RobustBench-style JSON and the adversarial images with their seeds
 (adversarial.npz), and `replay` reproduces a recorded success from that file
@@ -80,11 +86,12 @@ __all__ = [
     "CLEAN", "CostEstimate", "Merged", "Plan", "RunSummary", "Unit",
     "budget_digest", "cheap_flags", "estimate_cost", "export", "forward_flops",
     "make_plan", "merge", "model_digest", "replay", "robustbench_entry", "run",
-    "unit_seed"
+    "stored_rerun", "unit_seed"
 ]
 
 CLEAN = "clean"
 UNITS_DIR = "units"
+RERUNS_DIR = "reruns"
 PLAN_FILE = "plan.json"
 ROBUSTBENCH_FILE = "robustbench.json"
 EXAMPLES_FILE = "adversarial.npz"
@@ -506,6 +513,65 @@ class Merged:
   attack_seeds: dict
   score_seeds: dict
   missing: list
+
+
+def stored_rerun(report_dir):
+  """`suite.rerun`, with each result kept in `<report_dir>/reruns/`.
+
+  A rerun's file is named by the attack and a digest of everything its
+  result depends on: the changed budget, the seed, R, the images and labels,
+  and the digests of the model and of any surrogate models. A call that finds
+  its file returns the stored result (timings included) without running; one
+  that does not runs `suite.rerun` and writes the file atomically.
+
+  Args:
+    report_dir: the evaluation's folder.
+
+  Returns:
+    A callable with `suite.rerun`'s arguments and result.
+  """
+  folder = os.path.join(report_dir, RERUNS_DIR)
+  digests = {}
+
+  def digest_of(model):
+    if model is None:
+      return None
+    if id(model) not in digests:
+      digests[id(model)] = (model, model_digest(model))
+    return digests[id(model)][1]
+
+  def rerun(target, name, x, y, budget, seed=0, draws=suite.REFERENCE_DRAWS,
+            **changes):
+    x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
+    changed = dataclasses.replace(budget, **changes)
+    models = [digest_of(m) for m in (target.model, target.surrogate,
+                                     target.adversarial_surrogate)]
+    key = _digest(name, _dumps(dataclasses.asdict(changed)), seed, draws,
+                  models, x.tobytes(), y.tobytes())
+    path = os.path.join(folder, f"{name}.{key}.npz")
+    if os.path.exists(path):
+      arrays, meta = _load_unit(path)
+      return suite.AttackResult(
+          name=name, kind=meta["kind"], description=meta["description"],
+          budget=meta["budget"],
+          score=_merged_score([(arrays, meta)], meta["score_seed"]),
+          elapsed_s=meta["elapsed_s"], f_b_passes=meta["f_b_passes"],
+          model_passes=meta["model_passes"], x_adv=arrays["x_adv"],
+          seed=meta["attack_seed"])
+    result = suite.rerun(target, name, x, y, budget, seed, draws, **changes)
+    os.makedirs(folder, exist_ok=True)
+    _write_npz(path, {"correct": result.score.correct, "y": y,
+                      "x_adv": result.x_adv},
+               meta={"attack": name, "changes": changes, "kind": result.kind,
+                     "description": result.description,
+                     "budget": result.budget, "elapsed_s": result.elapsed_s,
+                     "f_b_passes": result.f_b_passes,
+                     "model_passes": result.model_passes,
+                     "attack_seed": result.seed,
+                     "score_seed": result.score.seed})
+    return result
+
+  return rerun
 
 
 def _read_plan(report_dir):

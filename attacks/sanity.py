@@ -379,17 +379,20 @@ def reference_attack(suite_result, field=None):
 
 
 def epsilon_sweep(target, reference, x, y, suite_result,
-                  epsilons=EPSILON_SWEEP + (LARGE_EPSILON,)):
-  """Mean accuracy of the reference attack at each epsilon (reusing its own)."""
+                  epsilons=EPSILON_SWEEP + (LARGE_EPSILON,), rerun=suite.rerun):
+  """Mean accuracy of the reference attack at each epsilon (reusing its own).
+
+  `rerun` runs the attack with a changed budget (`suite.rerun`'s signature).
+  """
   budget = suite_result.budget
   curve = {}
   for epsilon in epsilons:
     if epsilon == budget.epsilon:
       curve[epsilon] = reference.score.mean_accuracy
     else:
-      curve[epsilon] = suite.rerun(target, reference.name, x, y, budget,
-                                   suite_result.seed, suite_result.draws,
-                                   epsilon=epsilon).score.mean_accuracy
+      curve[epsilon] = rerun(target, reference.name, x, y, budget,
+                             suite_result.seed, suite_result.draws,
+                             epsilon=epsilon).score.mean_accuracy
   return curve
 
 
@@ -415,14 +418,14 @@ def draw_noise(score):
 
 
 def convergence_flag(target, suite_result, x, y, what, run, extras,
-                     tolerance=0.0):
+                     tolerance=0.0, rerun=suite.rerun):
   """Reruns the strongest white-box attack taking `what` with 2x of it."""
   reference = reference_attack(suite_result, field=what)
   if not run or reference is None:
     return check_convergence(None, None, what)
   budget = suite_result.budget
-  doubled = suite.rerun(target, reference.name, x, y, budget, suite_result.seed,
-                        suite_result.draws, **{what: 2 * getattr(budget, what)})
+  doubled = rerun(target, reference.name, x, y, budget, suite_result.seed,
+                  suite_result.draws, **{what: 2 * getattr(budget, what)})
   extras[f"doubled_{what}"] = {"attack": reference.name,
                                "accuracy": doubled.score.mean_accuracy}
   return check_convergence(reference.score.mean_accuracy,
@@ -468,7 +471,8 @@ def first_images(suite_result, count):
                for r in suite_result.results])
 
 
-def run_checks(target, suite_result, x, y, convergence=True, images=None):
+def run_checks(target, suite_result, x, y, convergence=True, images=None,
+               rerun=suite.rerun):
   """Runs every sanity check on a suite's output (extra attack runs included).
 
   Reruns the strongest white-box attack at epsilon in {2, 4, 8, 16}/255 and
@@ -490,6 +494,8 @@ def run_checks(target, suite_result, x, y, convergence=True, images=None):
       gradient statistics on the first `images` images only, compared with
       the suite's runs on the same images; None: on all of them. The other
       checks always use every image.
+    rerun: runs the attack with a changed budget, with `suite.rerun`'s
+      signature (e.g. `runner.stored_rerun`, which keeps each result).
 
   Returns:
     `(flags, extras)`: a list of `Flag` and a dict with the epsilon curve
@@ -539,7 +545,7 @@ def run_checks(target, suite_result, x, y, convergence=True, images=None):
   curve = {}
   if reference is not None:
     curve = guarded("epsilon sweep", lambda: epsilon_sweep(
-        target, reference, x, y, suite_result), {})
+        target, reference, x, y, suite_result, rerun=rerun), {})
   extras["accuracy_vs_epsilon"] = {str(e): a for e, a in sorted(curve.items())}
   flags.append(check_monotone_epsilon(
       {e: a for e, a in curve.items() if e != LARGE_EPSILON}, tolerance=noise))
@@ -566,7 +572,7 @@ def run_checks(target, suite_result, x, y, convergence=True, images=None):
     flags.append(guarded(
         f"2x {what}", lambda what=what: convergence_flag(
             target, suite_result, x, y, what, convergence, extras,
-            tolerance=noise), check_convergence(None, None, what)))
+            tolerance=noise, rerun=rerun), check_convergence(None, None, what)))
   flags.insert(1, check_failures(errors, name="sanity-runs-failed",
                                  what="sanity run"))
   return flags, extras

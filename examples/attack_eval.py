@@ -27,7 +27,10 @@ image set in the same folder is refused). A rerun may add attacks to
 --attacks and keeps the finished units: start with the strongest attacks on
 every image, add the rest of a list later. --num_shards=N --shard_index=i
 runs one slice of the blocks and stops; once all shards are done,
---merge_only builds the one report, identical to a single process's.
+--merge_only builds the one report, identical to a single process's. The
+report's extra runs (sanity reruns, the EOT curve) are kept in
+--report_dir/reruns/ as well: a killed report build, or the report of an
+evaluation grown by more attacks, reuses them.
 --dry_run prints the cost (f_b and model passes, FLOPs, time measured on
 this machine, wall time spread over the shards and devices) and stops.
 Besides report.json/md and plots, the report folder gets robustbench.json and
@@ -379,8 +382,10 @@ def run_units(strategy, target, x, y, names, budget, draws):
   return summary.failed
 
 
-def eot_curve(target, suite_result, x, y):
+def eot_curve(target, suite_result, x, y, rerun):
   """Accuracy of the strongest EOT attack against EOT samples (paper Fig. 7).
+
+  `rerun` runs the attack with a changed budget (`suite.rerun`'s signature).
 
   Returns:
     `(attack name, dict EOT samples -> mean accuracy)`, or `(None, None)` on
@@ -393,8 +398,8 @@ def eot_curve(target, suite_result, x, y):
     return None, None
   curve = {}
   for k in tqdm.tqdm(samples, desc=f"{reference.name}: accuracy vs EOT"):
-    result = suite.rerun(target, reference.name, x, y, suite_result.budget,
-                         suite_result.seed, suite_result.draws, eot_samples=k)
+    result = rerun(target, reference.name, x, y, suite_result.budget,
+                   suite_result.seed, suite_result.draws, eot_samples=k)
     curve[k] = result.score.mean_accuracy
   return reference.name, curve
 
@@ -475,13 +480,14 @@ def main(argv):
   print("Sanity checks (extra attack runs) ...")
   sanity_images = (None if FLAGS.sanity_images is None else
                    min(FLAGS.sanity_images, len(x)))
+  rerun = runner.stored_rerun(FLAGS.report_dir)
   checks, extras = sanity.run_checks(target, suite_result, x, y,
                                      convergence=FLAGS.convergence,
-                                     images=sanity_images)
+                                     images=sanity_images, rerun=rerun)
   subset = suite_result if sanity_images is None else sanity.first_images(
       suite_result, sanity_images)
   eot_attack, curve = eot_curve(target, subset, x[:subset.clean.images],
-                                y[:subset.clean.images])
+                                y[:subset.clean.images], rerun)
   if curve:
     extras["eot_attack"] = eot_attack
   meta = {

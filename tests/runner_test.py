@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+from unittest import mock
 
 import keras
 import numpy as np
@@ -194,6 +195,9 @@ class RunnerTest(tf.test.TestCase):
     self.assertTrue(os.path.exists(os.path.join(folder, "report.json")),
                     self.worker_logs[0])
     self.assert_same_result(runner.merge(folder), self.single)
+    # The report's epsilon sweep (4 more epsilons) is kept for a rebuild.
+    self.assertLen([n for n in os.listdir(os.path.join(folder, "reruns"))
+                    if n.startswith("bpda_identity_eot.")], 4)
 
   def test_default_strategy_runs_the_given_shard_on_one_device(self):
     strategy = tf.distribute.get_strategy()
@@ -277,6 +281,38 @@ class RunnerTest(tf.test.TestCase):
     # The grown record now refuses the old, shorter list.
     with self.assertRaisesRegex(ValueError, "dropped.*pgd_restarts"):
       self.evaluate(folder)
+
+  def test_stored_rerun_runs_once_per_budget_and_model(self):
+    folder = os.path.join(self.folder, "stored")
+    calls, real = [], suite.rerun
+
+    def counted(*args, **kwargs):
+      calls.append(kwargs)
+      return real(*args, **kwargs)
+
+    args = (self.x, self.y, BUDGET, 0, DRAWS)
+    with mock.patch.object(suite, "rerun", counted):
+      first = runner.stored_rerun(folder)(self.target, "bpda_identity_eot",
+                                          *args, steps=2)
+      # A new callable on the same folder (a rebuilt report) reads the file.
+      again = runner.stored_rerun(folder)(self.target, "bpda_identity_eot",
+                                          *args, steps=2)
+      runner.stored_rerun(folder)(self.target, "bpda_identity_eot", *args,
+                                  steps=4)
+      model = self.load_model()
+      kernel = next(w for w in model.weights if w.path.endswith("kernel"))
+      kernel.assign(kernel + 1.0)
+      runner.stored_rerun(folder)(suite.Target(model), "bpda_identity_eot",
+                                  *args, steps=2)
+    self.assertEqual(calls, [{"steps": 2}, {"steps": 4}, {"steps": 2}])
+    self.assertLen(os.listdir(os.path.join(folder, "reruns")), 3)
+    self.assertAllEqual(first.score.correct, again.score.correct)
+    self.assertEqual(first.score.seed, again.score.seed)
+    self.assertEqual(first.x_adv.tobytes(), again.x_adv.tobytes())
+    for field in ("name", "kind", "description", "budget", "elapsed_s",
+                  "f_b_passes", "model_passes", "seed"):
+      self.assertEqual(getattr(first, field), getattr(again, field))
+    self.assertEqual(first.budget["steps"], 2)
 
   def load_model(self):
     return keras.saving.load_model(os.path.join(self.folder, "model.keras"))

@@ -256,6 +256,19 @@ class GradientMaskingSuiteTest(tf.test.TestCase):
                                                "accuracy": 0.0})
     self.assertEqual(flags["converged-in-steps"].status, "ok")
     self.assertLen(extras["accuracy_vs_epsilon"], 5)
+    # Every extra attack run goes through the given `rerun`.
+    changes = []
+
+    def recording(*args, **kwargs):
+      changes.append(kwargs)
+      return suite.rerun(*args, **kwargs)
+
+    sanity.run_checks(target, result, x, y, convergence=True, images=2,
+                      rerun=recording)
+    swept = sanity.EPSILON_SWEEP + (sanity.LARGE_EPSILON,)
+    self.assertCountEqual(
+        changes, [{"epsilon": e} for e in swept if e != EPSILON] +
+        [{"steps": 10}])
     for images in (7, 0, 2.0):
       with self.assertRaisesRegex(ValueError, f"Received: images={images}"):
         sanity.run_checks(target, result, x, y, images=images)
