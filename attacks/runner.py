@@ -24,15 +24,17 @@ one block. Choose `unit_size` so that there are at least N blocks.
 Resuming: each finished unit is written atomically into
 `<report_dir>/units/` (a hidden temp file in the same folder, fsync,
 `os.replace`) as an .npz named by `Plan.key`: attack, block, digests of the
-budget (with R and `unit_size`) and of the model (config and weight bytes),
-and the seed. A rerun skips the units already there, so `kill -9` loses at
+budget fields the attack uses (with R and `unit_size`) and of the model
+(config and weight bytes), and the seed. A rerun skips the units already there, so `kill -9` loses at
 most the units in flight (one per process, or one per replica thread with
 `replicas`). A killed write leaves a hidden `.*.tmp` file, ignored by
 everything here and safe to delete.
-`<report_dir>/units/plan.json` records the evaluation; a run whose budget, R,
-`unit_size`, model, images or seed differ, or that drops an attack, is
-refused with a ValueError naming the differences: use a fresh report_dir.
-A run may add attacks: the record grows and the finished units are kept, so
+`<report_dir>/units/plan.json` records the evaluation; a run whose R,
+`unit_size`, model, images or seed differ, that changes a budget field a
+recorded attack uses, or that drops an attack, is refused with a ValueError
+naming the differences: use a fresh report_dir. A run may add attacks, with
+their own budget fields (e.g. Square's `queries` after APGD-only runs): the
+record grows and the finished units are kept, so
 an evaluation can start with the strongest attacks on every image and take
 in the rest of a list in later runs (until then, `merge(...,
 allow_incomplete=True)` reports the added attacks as missing). The model digest
@@ -136,10 +138,23 @@ def model_digest(model):
   return _digest(*parts)
 
 
-def budget_digest(budget, draws, unit_size):
-  """16 hex digits of every `Budget` field, R and `unit_size`."""
-  return _digest(_dumps({"budget": dataclasses.asdict(budget), "draws": draws,
-                         "unit_size": unit_size}))
+def budget_digest(budget, draws, unit_size, fields):
+  """16 hex digits of the budget fields a unit depends on, R and `unit_size`.
+
+  Args:
+    budget: a `suite.Budget`.
+    draws: R.
+    unit_size: images per block.
+    fields: the `Budget` fields of the unit's attack (`AttackSpec.fields`;
+      `suite.ALWAYS_USED` always count, and alone for a clean unit).
+
+  Returns:
+    A string.
+  """
+  record = dataclasses.asdict(budget)
+  used = sorted(set(fields) | set(suite.ALWAYS_USED))
+  return _digest(_dumps({"budget": {field: record[field] for field in used},
+                         "draws": draws, "unit_size": unit_size}))
 
 
 def unit_seed(seed, block):
@@ -185,10 +200,6 @@ class Plan:
   def blocks(self):
     return math.ceil(self.images / self.unit_size)
 
-  @property
-  def budget_digest(self):
-    return budget_digest(self.budget, self.draws, self.unit_size)
-
   def block_range(self, block):
     """`(start, stop)` image indices of `block`."""
     start = block * self.unit_size
@@ -214,20 +225,36 @@ class Plan:
             for block in self.shard_blocks(num_shards, shard_index)
             for name in names]
 
+  def fields(self, attack):
+    """The `Budget` fields attack `attack`'s units use (clean: none)."""
+    if attack == CLEAN:
+      return ()
+    return suite.REGISTRY[dict(self.attacks)[attack]].fields
+
+  def used_fields(self):
+    """Every `Budget` field some unit of the plan depends on."""
+    return set(suite.ALWAYS_USED).union(
+        *(self.fields(name) for name, _ in self.attacks))
+
   def key(self, unit):
-    """The file name of `unit`'s result."""
-    return (f"{unit.attack}.b{unit.block:05d}.budget-{self.budget_digest}."
+    """The file name of `unit`'s result.
+
+    It holds the digest of the budget fields of `unit`'s attack only, so a
+    change of a field that attack does not use (e.g. `queries` for APGD)
+    keeps its finished units.
+    """
+    digest = budget_digest(self.budget, self.draws, self.unit_size,
+                           self.fields(unit.attack))
+    return (f"{unit.attack}.b{unit.block:05d}.budget-{digest}."
             f"model-{self.model_digest}.seed{self.seed}.npz")
 
   def to_dict(self):
     record = dataclasses.asdict(self)
     record["attacks"] = [list(pair) for pair in self.attacks]
-    record["budget_digest"] = self.budget_digest
     return json.loads(_dumps(record))
 
   @classmethod
   def from_dict(cls, record):
-    record = {k: v for k, v in record.items() if k != "budget_digest"}
     budget = dict(record["budget"])
     budget["value_range"] = tuple(budget["value_range"])
     return cls(**(record | {"attacks": tuple(map(tuple, record["attacks"])),
@@ -311,8 +338,8 @@ def _load_unit(path):
     return arrays, json.loads(str(data["meta"]))
 
 
-_PLAN_FIELDS = ("budget", "draws", "unit_size", "model_digest",
-                "data_digest", "images", "seed")
+_PLAN_FIELDS = ("draws", "unit_size", "model_digest", "data_digest", "images",
+                "seed")
 
 
 def _claim(report_dir, plan):
@@ -321,7 +348,9 @@ def _claim(report_dir, plan):
   The attack list may grow: a plan whose attacks include every attack of the
   recorded one (same display and registry names) replaces the record, and
   the finished units stay valid, since a unit's key does not depend on the
-  list. Dropping or renaming an attack is refused like any other change.
+  list. So may a budget field that no recorded attack uses (e.g. `queries`
+  when only gradient attacks ran). Dropping or renaming an attack, or
+  changing a field a recorded attack uses, is refused like any other change.
   """
   folder = os.path.join(report_dir, UNITS_DIR)
   os.makedirs(folder, exist_ok=True)
@@ -332,15 +361,18 @@ def _claim(report_dir, plan):
       old = json.load(f)
     changed = [f"{field}: {old.get(field)} -> {record[field]}"
                for field in _PLAN_FIELDS if old.get(field) != record[field]]
-    dropped = [pair for pair in old.get("attacks", [])
-               if pair not in record["attacks"]]
+    changed += [f"budget.{field}: {old['budget'][field]} -> "
+                f"{record['budget'][field]}"
+                for field in sorted(Plan.from_dict(old).used_fields())
+                if old["budget"][field] != record["budget"][field]]
+    dropped = [pair for pair in old["attacks"] if pair not in record["attacks"]]
     if dropped:
       changed.append(f"attacks dropped or renamed: {dropped}")
     if changed:
       raise ValueError(
           f"{folder} holds units of another evaluation ({'; '.join(changed)}); "
           f"use a fresh report_dir. Received: report_dir={report_dir!r}")
-    if old["attacks"] == record["attacks"]:
+    if old == record:
       return folder
   _write_atomic(path, lambda f: f.write(
       json.dumps(record, indent=1, sort_keys=True).encode()))

@@ -59,9 +59,10 @@ from attacks import target_selection
 from attacks import transfer
 
 __all__ = [
-    "AttackResult", "AttackSpec", "BUDGET_PRESETS", "Budget", "BudgetPreset",
-    "COMPLETE", "INCOMPLETE", "PRESETS", "REFERENCE_DRAWS", "REFERENCE_IMAGES",
-    "REGISTRY", "SuiteResult", "Target", "attack_seed", "count_passes",
+    "ALWAYS_USED", "AttackResult", "AttackSpec", "BUDGET_PRESETS", "Budget",
+    "BudgetPreset", "COMPLETE", "INCOMPLETE", "PRESETS", "REFERENCE_DRAWS",
+    "REFERENCE_IMAGES", "REGISTRY", "SuiteResult", "Target", "attack_seed",
+    "count_passes",
     "not_run", "plan", "planned", "rerun", "resolve_attacks", "run_attack",
     "run_suite", "scoring_seed", "weaker_than_reference", "worst_case"
 ]
@@ -224,7 +225,8 @@ class AttackSpec:
     name: registry key.
     description: one line.
     kind: "white-box", "transfer", "query" or "reparameterization".
-    fields: the `Budget` fields it uses (recorded with its figures).
+    fields: the `Budget` fields it uses besides `ALWAYS_USED` (recorded with
+      its figures, and part of its units' keys in `attacks.runner`).
     build: `(target, x, y, budget, seed) -> x_adv`.
     family: on a plain classifier, specs of one family are the same attack
       (the estimator is irrelevant); only the first runs, under this name.
@@ -423,6 +425,9 @@ def _reparam_build(target, x, y, budget, seed):
       value_range=budget.value_range, seed=seed)
 
 
+# Budget fields any attack may read besides its `AttackSpec.fields`: they
+# shape how it runs (memory, pixel range), so results are keyed by them too.
+ALWAYS_USED = ("chunk_size", "value_range")
 _GRADIENT_FIELDS = ("epsilon", "steps", "restarts", "eot_samples")
 _TRANSFER_FIELDS = ("epsilon", "steps", "restarts")
 _QUERY_FIELDS = ("epsilon", "queries", "query_draws")

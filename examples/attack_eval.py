@@ -22,10 +22,12 @@ run and the report is written, then the program exits with status 1 unless
 At scale (`attacks.runner`): the evaluation is a set of units (attack ×
 block of --unit_size images), each seeded by its block and written to
 --report_dir/units/ when finished, so rerunning the same command resumes
-(a kill loses at most the unit in flight; another budget, model, seed or
-image set in the same folder is refused). A rerun may add attacks to
---attacks and keeps the finished units: start with the strongest attacks on
-every image, add the rest of a list later. --num_shards=N --shard_index=i
+(a kill loses at most the unit in flight; another model, seed, R or image
+set in the same folder is refused, and so is a change of a budget field that
+a finished attack used). A rerun may add attacks to --attacks and keeps the
+finished units: start with the strongest attacks on every image, add the
+rest of a list later, with budget fields only the new attacks use (e.g.
+--queries for Square after gradient attacks) set as you need. --num_shards=N --shard_index=i
 runs one slice of the blocks and stops; once all shards are done,
 --merge_only builds the one report, identical to a single process's. The
 report's extra runs (sanity reruns, the EOT curve) are kept in

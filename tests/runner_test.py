@@ -11,6 +11,7 @@ MultiWorkerMirroredStrategy cluster on localhost (attack_eval.py
 --strategy=multi_worker). All of them start together in `setUpClass`.
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -240,10 +241,21 @@ class RunnerTest(tf.test.TestCase):
   def test_key_names_attack_block_digests_and_seed(self):
     plan = self.single.plan
     key = plan.key(runner.Unit("square", 1))
-    self.assertEqual(key, f"square.b00001.budget-{plan.budget_digest}."
-                     f"model-{plan.model_digest}.seed0.npz")
-    self.assertNotEqual(runner.budget_digest(BUDGET, DRAWS, UNIT_SIZE),
-                        runner.budget_digest(BUDGET, DRAWS + 1, UNIT_SIZE))
+    fields = suite.REGISTRY["square"].fields
+    self.assertEqual(
+        key, f"square.b00001.budget-"
+        f"{runner.budget_digest(BUDGET, DRAWS, UNIT_SIZE, fields)}."
+        f"model-{plan.model_digest}.seed0.npz")
+    self.assertNotEqual(runner.budget_digest(BUDGET, DRAWS, UNIT_SIZE, fields),
+                        runner.budget_digest(BUDGET, DRAWS + 1, UNIT_SIZE,
+                                             fields))
+    # A field enters the key of the attacks that use it only.
+    more = dataclasses.replace(BUDGET, queries=BUDGET.queries + 1)
+    self.assertNotEqual(runner.budget_digest(more, DRAWS, UNIT_SIZE, fields),
+                        runner.budget_digest(BUDGET, DRAWS, UNIT_SIZE, fields))
+    for unused in ((), suite.REGISTRY["bpda_identity_eot"].fields):
+      self.assertEqual(runner.budget_digest(more, DRAWS, UNIT_SIZE, unused),
+                       runner.budget_digest(BUDGET, DRAWS, UNIT_SIZE, unused))
     self.assertEqual(runner.unit_seed(0, 1), runner.unit_seed(0, 1))
     self.assertLen({runner.unit_seed(s, b) for s in (0, 1) for b in (0, 1)}, 4)
 
@@ -255,6 +267,26 @@ class RunnerTest(tf.test.TestCase):
     with self.assertRaisesRegex(ValueError, "another evaluation.*draws"):
       runner.run(self.target, self.x, self.y, ATTACKS, self.dirs["single"],
                  BUDGET, draws=DRAWS + 1, unit_size=UNIT_SIZE)
+
+  def test_a_field_no_recorded_attack_uses_may_change(self):
+    folder = os.path.join(self.folder, "gradient_first")
+    first = runner.run(self.target, self.x, self.y, ATTACKS[:1], folder,
+                       BUDGET, draws=DRAWS, unit_size=UNIT_SIZE)
+    more = dataclasses.replace(BUDGET, queries=BUDGET.queries + 2)
+    grown = runner.run(self.target, self.x, self.y, ATTACKS, folder, more,
+                       draws=DRAWS, unit_size=UNIT_SIZE)
+    self.assertCountEqual(grown.reused, first.ran)
+    self.assertEqual([k.split(".")[0] for k in grown.ran], ["square"] * 2)
+    merged = runner.merge(folder)
+    self.assertEqual(merged.plan.budget, more)
+    self.assertEqual([r.budget.get("queries") for r in
+                      merged.suite_result.results], [None, more.queries])
+    self.assertAllEqual(merged.suite_result.results[0].score.correct,
+                        self.single.suite_result.results[0].score.correct)
+    # Square is recorded now: its queries may no longer change.
+    with self.assertRaisesRegex(ValueError, "budget.queries: 12 -> 10"):
+      runner.run(self.target, self.x, self.y, ATTACKS, folder, BUDGET,
+                 draws=DRAWS, unit_size=UNIT_SIZE)
 
   def test_dropped_attack_is_refused(self):
     with self.assertRaisesRegex(ValueError,

@@ -359,3 +359,31 @@ class EveryAttackTest(tf.test.TestCase):
     passes = {r.name: r.f_b_passes for r in out.results}
     self.assertEqual(passes["whitebox_transfer"], 0)  # f_a alone.
     self.assertGreater(passes["bpda_softsign"], passes["bpda_identity_eot"])
+
+  def test_every_attack_reads_only_its_declared_budget_fields(self):
+    # Unit keys of attacks.runner and `weaker_than_reference` trust
+    # `AttackSpec.fields`; `chunk_size` and `value_range` count for all.
+
+    class Recording:
+      """Forwards to a Budget and records every field read."""
+
+      def __init__(self, budget):
+        self.budget, self.read = budget, set()
+
+      def __getattr__(self, name):
+        self.read.add(name)
+        return getattr(self.budget, name)
+
+    x, y = attack_properties.tiny_batch(batch=4, classes=4)
+    target = suite.Target(
+        tiny_defended(),
+        surrogate=attack_properties.tiny_model(seed=3, classes=4),
+        train_images=attack_properties.tiny_batch(seed=1, batch=64)[0],
+        adversarial_surrogate=attack_properties.tiny_model(seed=4, classes=4))
+    budget = suite.Budget(steps=2, eot_samples=2, queries=12, query_draws=2)
+    for name, spec in suite.REGISTRY.items():
+      recording = Recording(budget)
+      spec.build(target, tf.constant(x), tf.constant(y), recording, 0)
+      self.assertContainsSubset(
+          recording.read, set(spec.fields) | set(suite.ALWAYS_USED), name)
+      self.assertContainsSubset(spec.fields, recording.read, name)
