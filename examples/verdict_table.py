@@ -5,7 +5,8 @@ Madry et al.'s adversarial training and the defense. Each `--report` names a
 row and the report folder of one evaluation; the table shows, per row, the
 clean and the worst-case accuracy on the attacked images with their 95%
 intervals, how many attacks ran (a worst case over a short list is an upper
-bound on a longer one's; the budget line names them), the strongest
+bound on a longer one's; the budget line names them and the attacks of the
+`adaptive` preset that did not run), the strongest
 attack, the budget's shortfalls against the reference and, for a row named
 as in the paper, the paper's figures. Run it from the repository root, as a
 module (it reads the paper's figures from `examples.reproduction`).
@@ -25,6 +26,7 @@ from absl import app
 from absl import flags
 
 from attacks import report
+from attacks import suite
 from examples.reproduction import reference
 
 FLAGS = flags.FLAGS
@@ -69,6 +71,13 @@ def shortfall_text(entry):
                    for w in weaker)
 
 
+def not_run_text(entry):
+  """The attacks of the `adaptive` preset a report's model did not get."""
+  ran = [a["name"] for a in entry["attacks"]] + list(entry["failed"])
+  missing = suite.not_run(ran, entry["defended"])
+  return f"{len(missing)} ({', '.join(missing)})" if missing else "none"
+
+
 def table_lines(rows):
   """The markdown of Table 3 for `rows`.
 
@@ -109,7 +118,8 @@ def table_lines(rows):
         f"{meta.get('split', '')}, seed {entry['seed']}; budget "
         f"{report.budget_text(entry['budget'])}; below the reference: "
         f"{shortfall_text(entry)}; attacks: "
-        f"{', '.join(a['name'] for a in entry['attacks'])}; "
+        f"{', '.join(a['name'] for a in entry['attacks'])}; not run of the "
+        f"`adaptive` preset: {not_run_text(entry)}; "
         f"{entry['machine']['cpu_count']} CPU cores, "
         f"devices {', '.join(entry['machine']['devices'])}, "
         f"{meta.get('elapsed_s', 0) / 3600:.2f} h.")

@@ -6,6 +6,7 @@ import tempfile
 
 import tensorflow as tf
 
+from attacks import suite
 from examples import verdict_table
 
 
@@ -24,7 +25,7 @@ def fake_report(defended, weaker):
       "machine": {"cpu_count": 2, "devices": ["/physical_device:CPU:0"]},
       "seed": 0, "draws": 20, "images": 500, "defended": defended,
       "budget": {"epsilon": 8 / 255, "steps": 20},
-      "attacks": [{"name": "apgd_ce"}, {"name": "square"}],
+      "attacks": [{"name": "apgd_ce"}, {"name": "square"}], "failed": {},
       "clean": figures(0.8, 0.75, 0.85),
       "worst_case": figures(0.1, 0.05, 0.15),
       "worst_case_white_box": figures(0.3, 0.25, 0.35, attacks=["apgd_ce"]),
@@ -55,7 +56,15 @@ class VerdictTableTest(tf.test.TestCase):
     self.assertIn("below the reference: none (reference strength);", lines[6])
     self.assertIn("below the reference: steps 20 (ref. 100);", lines[7])
     self.assertIn("test[:500], seed 0; budget eps=8/255, steps=20;", lines[7])
-    self.assertIn("attacks: apgd_ce, square; 2 CPU cores", lines[7])
+    self.assertIn("attacks: apgd_ce, square; not run of the `adaptive` "
+                  "preset: 7 (pgd_restarts, apgd_dlr_t, pgd, blackbox_transfer, "
+                  "blackbox_transfer_mi_di, adv_surrogate_transfer, "
+                  "adv_surrogate_transfer_mi_di); 2 CPU cores", lines[6])
+    # On a defended model only square is an `adaptive` name ("apgd_ce" is a
+    # plain classifier's).
+    self.assertIn(f"not run of the `adaptive` preset: "
+                  f"{len(suite.PRESETS['adaptive']) - 1} (pgd_restarts_bpda_"
+                  "identity, apgd_ce_bpda_identity, ", lines[7])
     self.assertTrue(lines[7].endswith("0.50 h."))
 
   def test_a_row_unknown_to_the_paper_has_no_paper_figures(self):
