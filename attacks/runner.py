@@ -25,9 +25,9 @@ Resuming: each finished unit is written atomically into
 `<report_dir>/units/` (a hidden temp file in the same folder, fsync,
 `os.replace`) as an .npz named by `Plan.key`: attack, block, digests of the
 budget fields the attack uses (with R and `unit_size`) and of the model
-(config and weight bytes), and the seed. A rerun skips the units already there, so `kill -9` loses at
-most the units in flight (one per process, or one per replica thread with
-`replicas`). A killed write leaves a hidden `.*.tmp` file, ignored by
+(config and weight bytes), and the seed. A rerun skips the units already
+there, so `kill -9` loses at most the units in flight (one per process, or
+one per replica thread with `replicas`). A killed write leaves a hidden `.*.tmp` file, ignored by
 everything here and safe to delete.
 `<report_dir>/units/plan.json` records the evaluation; a run whose R,
 `unit_size`, model, images or seed differ, that changes a budget field a
@@ -255,6 +255,19 @@ class Plan:
 
   @classmethod
   def from_dict(cls, record):
+    """The `Plan` of a plan.json record.
+
+    Raises:
+      ValueError: for a record of the earlier key scheme (one digest of the
+        whole budget, kept as `budget_digest`), whose unit files this
+        version's keys do not name.
+    """
+    if "budget_digest" in record:
+      raise ValueError(
+          "This plan.json is from an earlier attacks.runner whose unit keys "
+          "digest the whole budget; this one digests each attack's own "
+          "fields, so its units would not be found. Use a fresh report_dir. "
+          f"Received: budget_digest={record['budget_digest']!r}")
     budget = dict(record["budget"])
     budget["value_range"] = tuple(budget["value_range"])
     return cls(**(record | {"attacks": tuple(map(tuple, record["attacks"])),

@@ -288,6 +288,11 @@ class RunnerTest(tf.test.TestCase):
       runner.run(self.target, self.x, self.y, ATTACKS, folder, BUDGET,
                  draws=DRAWS, unit_size=UNIT_SIZE)
 
+  def test_a_plan_of_the_earlier_key_scheme_is_refused(self):
+    record = self.single.plan.to_dict() | {"budget_digest": "0123"}
+    with self.assertRaisesRegex(ValueError, "fresh report_dir.*'0123'"):
+      runner.Plan.from_dict(record)
+
   def test_dropped_attack_is_refused(self):
     with self.assertRaisesRegex(ValueError,
                                 "another evaluation.*dropped.*square"):
