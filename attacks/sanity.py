@@ -572,7 +572,8 @@ def run_checks(target, suite_result, x, y, convergence=True, images=None,
     flags.append(guarded(
         f"2x {what}", lambda what=what: convergence_flag(
             target, suite_result, x, y, what, convergence, extras,
-            tolerance=noise, rerun=rerun), check_convergence(None, None, what)))
+            tolerance=noise, rerun=rerun),
+        check_convergence(None, None, what)))
   flags.insert(1, check_failures(errors, name="sanity-runs-failed",
                                  what="sanity run"))
   return flags, extras

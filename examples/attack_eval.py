@@ -27,8 +27,9 @@ set in the same folder is refused, and so is a change of a budget field that
 a finished attack used). A rerun may add attacks to --attacks and keeps the
 finished units: start with the strongest attacks on every image, add the
 rest of a list later, with budget fields only the new attacks use (e.g.
---queries for Square after gradient attacks) set as you need. --num_shards=N --shard_index=i
-runs one slice of the blocks and stops; once all shards are done,
+--queries for Square after gradient attacks) set as you need.
+--num_shards=N --shard_index=i runs one slice of the blocks and stops; once
+all shards are done,
 --merge_only builds the one report, identical to a single process's. The
 report's extra runs (sanity reruns, the EOT curve) are kept in
 --report_dir/reruns/ as well: a killed report build, or the report of an
