@@ -22,6 +22,7 @@ Every figure carries its budget, its data, its seed and its image count.
 import json
 import os
 import platform
+import textwrap
 
 import keras
 import matplotlib
@@ -274,6 +275,11 @@ def _histogram_text(counts):
           f"{counts['below_half']}, never {counts['never']}")
 
 
+def _set_title(axis, title):
+  """A plot title wrapped to the width of the 5-inch figures here."""
+  axis.set_title("\n".join(textwrap.wrap(title, 60)), fontsize=9)
+
+
 def plot_accuracy_vs_epsilon(curve, path, title, clean=None):
   """Accuracy against epsilon (in /255 units on a log axis).
 
@@ -290,8 +296,8 @@ def plot_accuracy_vs_epsilon(curve, path, title, clean=None):
   if clean is not None:
     axis.axhline(100 * clean, color="gray", linestyle="--", label="clean")
   axis.set_xscale("log", base=2)
-  axis.set(xlabel="epsilon (x/255)", ylabel="accuracy (%)", ylim=(0, 100),
-           title=title)
+  axis.set(xlabel="epsilon (x/255)", ylabel="accuracy (%)", ylim=(0, 100))
+  _set_title(axis, title)
   axis.legend()
   figure.tight_layout()
   figure.savefig(path, dpi=100)
@@ -310,8 +316,9 @@ def plot_accuracy_vs_eot(curve, path, title):
   figure, axis = plt.subplots(figsize=(5, 3.5))
   axis.plot(samples, [100 * curve[k] for k in samples], "o-")
   axis.set_xscale("log", base=2)
-  axis.set(xlabel="EOT samples", ylabel="robust accuracy (%)", ylim=(0, 100),
-           title=title)
+  axis.set(xlabel="EOT samples", ylabel="robust accuracy, mean over draws (%)",
+           ylim=(0, 100))
+  _set_title(axis, title)
   figure.tight_layout()
   figure.savefig(path, dpi=100)
   plt.close(figure)
@@ -393,18 +400,23 @@ def write_report(report_dir, suite_result, flags, extras=None, meta=None,
     f.write(markdown(report))
   curve = {float(e): a for e, a in extras.get("accuracy_vs_epsilon", {}).items()}
   sanity_images = extras.get("sanity_images", report["images"])
+  budget = suite_result.budget
   if curve:
     paths["epsilon_png"] = os.path.join(report_dir, "accuracy_vs_epsilon.png")
     plot_accuracy_vs_epsilon(
         curve, paths["epsilon_png"],
-        f"{extras.get('reference_attack')}, {data}, {sanity_images} images",
+        f"{extras.get('reference_attack')} ({budget.steps} steps, EOT "
+        f"{budget.eot_samples}), {data}, {sanity_images} images, R = "
+        f"{suite_result.draws}",
         clean=extras.get("sanity_clean_accuracy",
                          suite_result.clean.mean_accuracy))
   if eot_curve:
     paths["eot_png"] = os.path.join(report_dir, "accuracy_vs_eot.png")
-    plot_accuracy_vs_eot(eot_curve, paths["eot_png"],
-                         f"{extras.get('eot_attack', 'EOT')}, {data}, "
-                         f"{sanity_images} images")
+    plot_accuracy_vs_eot(
+        eot_curve, paths["eot_png"],
+        f"{extras.get('eot_attack', 'EOT')} ({budget.steps} steps, eps "
+        f"{budget.epsilon * 255:.4g}/255), {data}, {sanity_images} images, "
+        f"R = {suite_result.draws}")
   if grid:
     paths["grid_png"] = os.path.join(report_dir, "transform_grid.png")
     plot_transform_grid(grid, paths["grid_png"],

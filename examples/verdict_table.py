@@ -121,8 +121,10 @@ def table_lines(rows):
         f"{', '.join(a['name'] for a in entry['attacks'])}; not run of the "
         f"`adaptive` preset: {not_run_text(entry)}; "
         f"{entry['machine']['cpu_count']} CPU cores, "
-        f"devices {', '.join(entry['machine']['devices'])}, "
-        f"{meta.get('elapsed_s', 0) / 3600:.2f} h.")
+        f"devices {', '.join(entry['machine']['devices'])}; crafting "
+        f"{sum(a['elapsed_s'] for a in entry['attacks']) / 3600:.2f} h "
+        f"(summed over units, whichever run made them), last attack_eval.py "
+        f"run {meta.get('elapsed_s', 0) / 3600:.2f} h.")
   return lines
 
 

@@ -25,7 +25,8 @@ def fake_report(defended, weaker):
       "machine": {"cpu_count": 2, "devices": ["/physical_device:CPU:0"]},
       "seed": 0, "draws": 20, "images": 500, "defended": defended,
       "budget": {"epsilon": 8 / 255, "steps": 20},
-      "attacks": [{"name": "apgd_ce"}, {"name": "square"}], "failed": {},
+      "attacks": [{"name": "apgd_ce", "elapsed_s": 900.0},
+                  {"name": "square", "elapsed_s": 1800.0}], "failed": {},
       "clean": figures(0.8, 0.75, 0.85),
       "worst_case": figures(0.1, 0.05, 0.15),
       "worst_case_white_box": figures(0.3, 0.25, 0.35, attacks=["apgd_ce"]),
@@ -65,7 +66,9 @@ class VerdictTableTest(tf.test.TestCase):
     self.assertIn(f"not run of the `adaptive` preset: "
                   f"{len(suite.PRESETS['adaptive']) - 1} (pgd_restarts_bpda_"
                   "identity, apgd_ce_bpda_identity, ", lines[7])
-    self.assertTrue(lines[7].endswith("0.50 h."))
+    self.assertTrue(lines[7].endswith(
+        "; crafting 0.75 h (summed over units, whichever run made them), "
+        "last attack_eval.py run 0.50 h."))
 
   def test_a_row_unknown_to_the_paper_has_no_paper_figures(self):
     lines = verdict_table.table_lines([("Mine", fake_report(False, []))])
