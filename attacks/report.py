@@ -6,9 +6,9 @@ the reference (`suite.weaker_than_reference`), or says that it meets it; the
 JSON holds both (`verdict`, `weaker_than_reference`). It then names the
 attacks of the `adaptive` preset that apply to the model but did not run
 (`suite.not_run`): the worst case is an upper bound on the preset's until
-they do. Every accuracy carries
-its 95% Clopper-Pearson interval (`attacks.scoring`), and the worst case the
-per-example success probability over draws.
+they do. Every accuracy carries its 95% Clopper-Pearson interval
+(`attacks.scoring`), and the worst case the per-example success
+probability over draws.
 
 report.md follows the shape of Xiao & Zheng (CVPR 2020), Table 3: the clean
 accuracy A_std, one row per attack with its budget and cost, the worst case

@@ -62,9 +62,9 @@ __all__ = [
     "ALWAYS_USED", "AttackResult", "AttackSpec", "BUDGET_PRESETS", "Budget",
     "BudgetPreset", "COMPLETE", "INCOMPLETE", "PRESETS", "REFERENCE_DRAWS",
     "REFERENCE_IMAGES", "REGISTRY", "SuiteResult", "Target", "attack_seed",
-    "count_passes",
-    "not_run", "plan", "planned", "rerun", "resolve_attacks", "run_attack",
-    "run_suite", "scoring_seed", "weaker_than_reference", "worst_case"
+    "count_passes", "not_run", "plan", "planned", "rerun", "resolve_attacks",
+    "run_attack", "run_suite", "scoring_seed", "weaker_than_reference",
+    "worst_case"
 ]
 
 WHITE_BOX, TRANSFER, QUERY, REPARAM = (
