@@ -27,8 +27,8 @@ Resuming: each finished unit is written atomically into
 budget fields the attack uses (with R and `unit_size`) and of the model
 (config and weight bytes), and the seed. A rerun skips the units already
 there, so `kill -9` loses at most the units in flight (one per process, or
-one per replica thread with `replicas`). A killed write leaves a hidden `.*.tmp` file, ignored by
-everything here and safe to delete.
+one per replica thread with `replicas`). A killed write leaves a hidden
+`.*.tmp` file, ignored by everything here and safe to delete.
 `<report_dir>/units/plan.json` records the evaluation; a run whose R,
 `unit_size`, model, images or seed differ, that changes a budget field a
 recorded attack uses, or that drops an attack, is refused with a ValueError
@@ -422,12 +422,38 @@ def _run_unit(target, plan, unit, x, y):
   spec = suite.REGISTRY[dict(plan.attacks)[unit.attack]]
   result = suite.run_attack(target, unit.attack, spec, xb, yb, plan.budget,
                             seed=seed, draws=plan.draws)
-  meta |= {"kind": result.kind, "description": result.description,
+  result_arrays, result_meta = _attack_record(result)
+  return arrays | result_arrays, meta | result_meta
+
+
+def _attack_record(result):
+  """An `AttackResult` as the arrays and meta its unit or rerun file keeps."""
+  return ({"correct": result.score.correct, "x_adv": result.x_adv},
+          {"kind": result.kind, "description": result.description,
            "budget": result.budget, "elapsed_s": result.elapsed_s,
            "f_b_passes": result.f_b_passes,
            "model_passes": result.model_passes, "attack_seed": result.seed,
-           "score_seed": result.score.seed}
-  return arrays | {"correct": result.score.correct, "x_adv": result.x_adv}, meta
+           "score_seed": result.score.seed})
+
+
+def _attack_result(name, parts, seed, score_seed):
+  """The `AttackResult` of one attack's files (its blocks' units, in order).
+
+  Args:
+    name: the attack's display name.
+    parts: `(arrays, meta)` of each file, as `_attack_record` made them
+      (with the labels `y`).
+    seed: the result's seed.
+    score_seed: its score's seed.
+  """
+  meta = parts[0][1]
+  return suite.AttackResult(
+      name=name, kind=meta["kind"], description=meta["description"],
+      budget=meta["budget"], score=_merged_score(parts, score_seed),
+      elapsed_s=sum(m["elapsed_s"] for _, m in parts),
+      f_b_passes=sum(m["f_b_passes"] for _, m in parts),
+      model_passes=sum(m["model_passes"] for _, m in parts),
+      x_adv=np.concatenate([a["x_adv"] for a, _ in parts]), seed=seed)
 
 
 def run(target, x, y, attacks, report_dir, budget=suite.Budget(), seed=0,
@@ -596,24 +622,13 @@ def stored_rerun(report_dir):
     path = os.path.join(folder, f"{name}.{key}.npz")
     if os.path.exists(path):
       arrays, meta = _load_unit(path)
-      return suite.AttackResult(
-          name=name, kind=meta["kind"], description=meta["description"],
-          budget=meta["budget"],
-          score=_merged_score([(arrays, meta)], meta["score_seed"]),
-          elapsed_s=meta["elapsed_s"], f_b_passes=meta["f_b_passes"],
-          model_passes=meta["model_passes"], x_adv=arrays["x_adv"],
-          seed=meta["attack_seed"])
+      return _attack_result(name, [(arrays, meta)], meta["attack_seed"],
+                            meta["score_seed"])
     result = suite.rerun(target, name, x, y, budget, seed, draws, **changes)
     os.makedirs(folder, exist_ok=True)
-    _write_npz(path, {"correct": result.score.correct, "y": y,
-                      "x_adv": result.x_adv},
-               meta={"attack": name, "changes": changes, "kind": result.kind,
-                     "description": result.description,
-                     "budget": result.budget, "elapsed_s": result.elapsed_s,
-                     "f_b_passes": result.f_b_passes,
-                     "model_passes": result.model_passes,
-                     "attack_seed": result.seed,
-                     "score_seed": result.score.seed})
+    arrays, meta = _attack_record(result)
+    _write_npz(path, arrays | {"y": y},
+               meta=meta | {"attack": name, "changes": changes})
     return result
 
   return rerun
@@ -708,18 +723,9 @@ def merge(report_dir, allow_incomplete=False):
       failed[name] = (f"{units.count(None)} of {plan.blocks} units missing "
                       "(not run, failed or killed)")
       continue
-    meta = units[0][1]
-    results.append(suite.AttackResult(
-        name=name, kind=meta["kind"], description=meta["description"],
-        budget=meta["budget"], score=_merged_score(units, plan.seed),
-        elapsed_s=sum(m["elapsed_s"] for _, m in units),
-        f_b_passes=sum(m["f_b_passes"] for _, m in units),
-        model_passes=sum(m["model_passes"] for _, m in units),
-        x_adv=np.concatenate([a["x_adv"] for a, _ in units]), seed=plan.seed))
+    results.append(_attack_result(name, units, plan.seed, plan.seed))
     attack_seeds[name] = np.array([m["attack_seed"] for _, m in units])
     score_seeds[name] = np.array([m["score_seed"] for _, m in units])
-  fields = {field for _, registry_name in plan.attacks
-            for field in suite.REGISTRY[registry_name].fields}
   suite_result = suite.SuiteResult(
       clean=clean, results=results, skipped=dict(plan.skipped), failed=failed,
       worst=suite.worst_case(clean, results),
@@ -728,7 +734,8 @@ def merge(report_dir, allow_incomplete=False):
       budget=plan.budget, seed=plan.seed, draws=plan.draws,
       defended=plan.defended,
       weaker_than_reference=suite.weaker_than_reference(
-          plan.budget, fields, plan.images, plan.draws, plan.defended))
+          plan.budget, plan.used_fields(), plan.images, plan.draws,
+          plan.defended))
   return Merged(
       suite_result=suite_result, plan=plan,
       x=np.concatenate([a["x"] for a, _ in clean_units]),
