@@ -360,8 +360,10 @@ def format_flags(flags):
 def reference_attack(suite_result, field=None):
   """The strongest white-box run of a suite (None if it ran none).
 
-  Ties (same strict and mean accuracy) go to the cheapest run in seconds, so
-  the sanity reruns do not repeat an expensive attack for nothing.
+  Ties (same strict and mean accuracy) go to the cheapest run in counted
+  passes (the model's and f_b's; seconds would make the choice depend on the
+  machine's load), then to the first in report order, so the sanity reruns
+  do not repeat an expensive attack for nothing and the report repeats.
 
   Args:
     suite_result: a `suite.SuiteResult`.
@@ -374,7 +376,8 @@ def reference_attack(suite_result, field=None):
   white = [r for r in suite_result.results if r.kind == suite.WHITE_BOX and
            (field is None or field in r.budget)]
   return min(white, key=lambda r: (r.score.strict_accuracy,
-                                   r.score.mean_accuracy, r.elapsed_s),
+                                   r.score.mean_accuracy,
+                                   r.model_passes + r.f_b_passes),
              default=None)
 
 

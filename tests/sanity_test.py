@@ -354,19 +354,28 @@ if __name__ == "__main__":
 
 class ReferenceAttackTest(tf.test.TestCase):
 
-  def result(self, name, strict, mean, seconds, kind=suite.WHITE_BOX):
+  def result(self, name, strict, mean, passes, kind=suite.WHITE_BOX,
+             seconds=1.0):
     score = scoring.score_labels(np.zeros((1, 1), np.int32),
                                         np.zeros(1, np.int32))
     score = dataclasses.replace(score, strict_accuracy=strict,
                                 mean_accuracy=mean)
     return suite.AttackResult(name=name, kind=kind, description="", budget={},
-                              score=score, elapsed_s=seconds, f_b_passes=0,
-                              model_passes=0)
+                              score=score, elapsed_s=seconds,
+                              f_b_passes=passes, model_passes=passes)
 
   def test_strongest_then_cheapest_white_box_run(self):
-    results = [self.result("slow", 0.2, 0.3, 90.0),
-               self.result("fast", 0.2, 0.3, 10.0),
-               self.result("weak", 0.5, 0.5, 1.0),
-               self.result("query", 0.0, 0.0, 1.0, kind=suite.QUERY)]
+    results = [self.result("slow", 0.2, 0.3, 90),
+               self.result("fast", 0.2, 0.3, 10),
+               self.result("weak", 0.5, 0.5, 1),
+               self.result("query", 0.0, 0.0, 1, kind=suite.QUERY)]
     fake = types.SimpleNamespace(results=results)
     self.assertEqual(sanity.reference_attack(fake).name, "fast")
+
+  def test_ties_do_not_depend_on_seconds(self):
+    # Equal figures and passes: the first in report order, however long
+    # each took on a loaded machine.
+    results = [self.result("first", 0.2, 0.3, 10, seconds=50.0),
+               self.result("second", 0.2, 0.3, 10, seconds=1.0)]
+    fake = types.SimpleNamespace(results=results)
+    self.assertEqual(sanity.reference_attack(fake).name, "first")
