@@ -4,6 +4,9 @@
 #   make test    the fast Bazel targets (//:ci), then pytest over tests/
 #   make bench   the transform / training benchmark (examples/benchmark.py)
 #   make bazel   build every Bazel target offline
+#   make gpu-check  on an NVIDIA GPU machine: installs the [and-cuda] extra,
+#                then contract tests on the GPU, the transform's speed and
+#                AutoAttack's rand version on the published model (docs/GPU.md)
 # PYTHON defaults to the README's .venv when it exists.
 
 PYTHON ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
@@ -12,8 +15,8 @@ VENV_BIN := $(abspath $(dir $(shell command -v $(PYTHON))))
 BAZEL := PATH="$(VENV_BIN):$$PATH" bazel
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 DEMO_DIR ?= runs/demo
-# A smoke-sized attack budget: six of the `adaptive` preset's ten attacks (the
-# APGD-DLR-targeted runs, 9 targets each, take most of its time), briefly.
+# A smoke-sized attack budget: six of the `adaptive` preset's 21 attacks,
+# briefly.
 SMOKE_ATTACK_FLAGS ?= --budget=smoke --attacks=pgd_restarts_bpda_identity,apgd_ce_bpda_identity,apgd_ce_bpda,cheaper_transfer_k1,whitebox_transfer,square \
     --num_examples=20 --steps=5 --eot_samples=2 --queries=100 --draws=2 \
     --eot_curve=1,2 --noconvergence
@@ -68,3 +71,20 @@ bazel-deps:
 
 bench:
 	$(PYTHON) examples/benchmark.py
+
+# The GPU check (examples/gpu_check.py, docs/GPU.md): refused without an
+# NVIDIA driver; swaps a tensorflow-cpu install for the [and-cuda] extra in the
+# README's .venv (the two write the same package), then runs the check into
+# GPU_CHECK_DIR. On a CPU: .venv/bin/python examples/gpu_check.py --reduced
+GPU_CHECK_DIR ?= runs/gpu_check
+.PHONY: gpu-check
+gpu-check:
+	@{ command -v nvidia-smi || test -e /proc/driver/nvidia/version; } \
+	    >/dev/null || { echo "gpu-check: no NVIDIA GPU (no nvidia-smi, no" \
+	    "/proc/driver/nvidia). On a CPU run the reduced check:" \
+	    ".venv/bin/python examples/gpu_check.py --reduced"; exit 2; }
+	test -x .venv/bin/python || python3 -m venv .venv
+	if .venv/bin/python -m pip show -q tensorflow-cpu 2>/dev/null; then \
+	  .venv/bin/python -m pip uninstall -y tensorflow-cpu tensorflow; fi
+	.venv/bin/python -m pip install -e '.[and-cuda]' pytest
+	.venv/bin/python examples/gpu_check.py --out=$(GPU_CHECK_DIR)

@@ -12,6 +12,14 @@ from tensorflow.python.ops import control_flow_util
 from adv_layer import transform
 
 INT32_MAX = 2**31 - 1
+# Images of the output probe that tells logits from probabilities.
+PROBE_IMAGES = 8
+# How far each row of softmax probabilities may stray from summing to 1
+# (float16 rounding under mixed precision).
+PROBABILITY_ATOL = 2e-3
+# Outputs spread over less than this are constant (e.g. float noise around
+# the all-zero logits of zero-initialised weights): they prove nothing.
+CONSTANT_SPREAD = 1e-4
 
 
 def require_tensorflow_backend(owner):
@@ -63,6 +71,95 @@ def ends_in_softmax(model):
   return getattr(activation, "__name__", "") == "softmax"
 
 
+def probability_kind(outputs, atol=PROBABILITY_ATOL):
+  """What kind of probabilities a model's outputs look like, if any.
+
+  Logits are unconstrained; probabilities are never negative nor above 1.
+  Outputs count as probabilities when every entry is finite and in [0, 1] and
+  they are not constant (spread over at least `CONSTANT_SPREAD`): `"softmax"`
+  when each row also sums to 1 (within `atol`), `"sigmoid"` otherwise.
+  Constant outputs (e.g. an f_b with zero-initialised weights, whose logits
+  are all 0) carry no information and never count, nor do non-finite or
+  empty ones.
+
+  Args:
+    outputs: a model's outputs on a batch, array-like `(batch, ...)`; each
+      image's entries form one row.
+    atol: the tolerance on the row sums.
+
+  Returns:
+    `"softmax"`, `"sigmoid"` or None (looks like logits).
+
+  Example:
+    >>> probability_kind([[0.2, 0.8], [0.5, 0.5]])
+    'softmax'
+    >>> probability_kind([[-1.3, 2.0], [0.4, 0.1]]) is None
+    True
+  """
+  values = np.asarray(outputs, np.float64)
+  if values.ndim == 0 or values.size == 0:
+    return None
+  rows = values.reshape(len(values), -1)
+  if not np.all(np.isfinite(rows)) or np.ptp(rows) < CONSTANT_SPREAD:
+    return None
+  if rows.min() < 0 or rows.max() > 1:
+    return None
+  if rows.shape[1] > 1 and np.all(np.abs(rows.sum(axis=1) - 1) <= atol):
+    return "softmax"
+  return "sigmoid"
+
+
+def looks_like_probabilities(outputs, atol=PROBABILITY_ATOL):
+  """Whether a model's outputs look like probabilities rather than logits.
+
+  True when every entry is finite and in [0, 1] and the outputs are not
+  constant: a softmax head (rows summing to 1) or a sigmoid head
+  (`probability_kind` tells which). Logits are unconstrained; probe a model
+  with images spread over its input range (`probe_images`), where logits
+  that all fall in [0, 1] are unlikely.
+
+  Args:
+    outputs: a model's outputs on a batch, array-like `(batch, ...)`.
+    atol: the tolerance on the row sums.
+
+  Returns:
+    A bool.
+  """
+  return probability_kind(outputs, atol) is not None
+
+
+def probe_images(shape, value_range=(0.0, 1.0), count=PROBE_IMAGES):
+  """A fixed batch of probe images spread over `value_range`.
+
+  The first image is all `low`, the second all `high`, the rest uniform in
+  the range from a fixed seed (the global random state is not touched), so
+  the same shape and range always give the same batch.
+
+  Args:
+    shape: the shape of one image.
+    value_range: `(low, high)` of the pixel values.
+    count: the number of images, at least 2.
+
+  Returns:
+    float32 array `(count, *shape)`.
+  """
+  low, high = float(value_range[0]), float(value_range[1])
+  rng = np.random.default_rng(0)
+  images = rng.uniform(low, high, size=(count,) + tuple(shape))
+  images[0], images[1] = low, high
+  return images.astype(np.float32)
+
+
+def _known_image_shape(shape):
+  """`shape` without its batch axis as a tuple of ints, or None if unknown."""
+  if shape is None:
+    return None
+  dims = tuple(shape)[1:]
+  if any(d is None for d in dims):
+    return None
+  return tuple(int(d) for d in dims)
+
+
 @keras.saving.register_keras_serializable(package="adv_layer")
 class AdversarialTransform(keras.layers.Layer):
   """Moves each input to an adversarial example of a frozen model f_b.
@@ -92,6 +189,16 @@ class AdversarialTransform(keras.layers.Layer):
   `pin_draws()` for a while (evaluations pin and reseed, see
   `attacks.scoring.reseeded`). The integer `seed` is kept in the config (a
   resumed training run continues its sequence); it does not replay inference.
+
+  f_b must return logits: the layer refuses an f_b whose last layer applies
+  a softmax, and one whose outputs on a fixed probe batch spread over
+  `value_range` (`probe_images`) look like probabilities
+  (`looks_like_probabilities`: a softmax or sigmoid head, also nested or in a
+  `Lambda`). The probe runs at construction when f_b's input shape is known,
+  else when the layer is built.
+
+  A batch of 0 images gives an empty batch (f_b is not called; the seed
+  generator still advances by one, as on every call).
 
   Input checks: integer images raise at once; inputs outside `value_range`
   or not finite raise at run time (`tf.errors.InvalidArgumentError`). XLA
@@ -126,7 +233,7 @@ class AdversarialTransform(keras.layers.Layer):
 
   Raises:
     ValueError: for hyperparameters out of their domain, an f_b that is not a
-      Keras model or ends in a softmax.
+      Keras model, ends in a softmax or returns probabilities on the probe.
     RuntimeError: on a non-TensorFlow Keras backend.
 
   Example:
@@ -164,6 +271,7 @@ class AdversarialTransform(keras.layers.Layer):
     self.step_size = transform.validate_transform_args(
         epsilon, steps, step_size, target, value_range)
     self.f_b = f_b
+    self._probed = False
     self.f_b.trainable = False
     self.epsilon = float(epsilon)
     self.steps = int(steps)
@@ -184,6 +292,42 @@ class AdversarialTransform(keras.layers.Layer):
     # Set by `attacks.estimators.use_estimator` while an attack runs: a
     # callable (layer, x) -> g(x) with a differentiable backward pass.
     self.gradient_estimator = None
+    if getattr(f_b, "inputs", None):
+      self._probe_f_b(f_b.inputs[0].shape)
+
+  def _probe_f_b(self, input_shape):
+    """Refuses an f_b whose outputs on `probe_images` look like probabilities.
+
+    Runs once, eagerly, when the image shape is fully known (else it waits
+    for `build`). An f_b that fails on the probe is left to fail, with its
+    own error, when the layer is called.
+
+    Args:
+      input_shape: f_b's input shape (batch axis first).
+
+    Raises:
+      ValueError: if the outputs look like probabilities.
+    """
+    image_shape = _known_image_shape(input_shape)
+    if self._probed or image_shape is None:
+      return
+    self._probed = True
+    images = probe_images(image_shape, self.value_range)
+    try:
+      with tf.init_scope():
+        outputs = np.asarray(
+            tf.cast(self.f_b(tf.constant(images), training=False), tf.float32))
+    except Exception:  # pylint: disable=broad-except
+      return
+    kind = probability_kind(outputs)
+    if kind is not None:
+      what = ("each row summing to 1: a softmax" if kind == "softmax" else
+              "a sigmoid or other squashing")
+      raise ValueError(
+          "`f_b` must return logits, but its outputs on a probe batch look "
+          f"like probabilities (every entry in [0, 1], {what} head, maybe "
+          "nested or in a Lambda); drop the final activation. "
+          f"Received: f_b={self.f_b.name!r}")
 
   @property
   def trainable(self):
@@ -247,6 +391,7 @@ class AdversarialTransform(keras.layers.Layer):
           f"{(None,) + expected}. Received: input_shape={tuple(input_shape)}")
     if not self.f_b.built:
       self.f_b.build(input_shape)
+    self._probe_f_b(input_shape)
     self.built = True
 
   def compute_output_shape(self, input_shape):
@@ -285,10 +430,20 @@ class AdversarialTransform(keras.layers.Layer):
     docstring); the transform always runs.
     """
     x = self._checked_inputs(inputs)
+    empty = lambda: tf.zeros(tf.shape(x), self.compute_dtype)
     if self.gradient_estimator is not None:
+      if x.shape[0] == 0:
+        return empty()
       return tf.cast(self.gradient_estimator(self, x), self.compute_dtype)
-    outputs = self.transform(x, seed=self.draw_seed(training))
-    return tf.stop_gradient(tf.cast(outputs, self.compute_dtype))
+    seed = self.draw_seed(training)
+    if x.shape[0] == 0:
+      return empty()
+    run = lambda: tf.cast(self.transform(x, seed=seed), self.compute_dtype)
+    if x.shape[0] is None:  # Traced for any batch size: 0 skips f_b.
+      outputs = tf.cond(tf.shape(x)[0] > 0, run, empty)
+    else:
+      outputs = run()
+    return tf.stop_gradient(outputs)
 
   def draw_seed(self, training=None):
     """The stateless seed of one call's draws (advances the generator).

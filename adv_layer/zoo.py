@@ -2,9 +2,10 @@
 
     >>> from adv_layer import zoo
     >>> zoo.available()
-    ['cifar10/small_vgg_adv', ...]
-    >>> model = zoo.load("cifar10/small_vgg_adv")
-    >>> zoo.card("cifar10/small_vgg_adv")["clean_accuracy"]
+    ['cifar10/defended_resnet18', 'cifar10/resnet18_madry', ...]
+    >>> model = zoo.load("cifar10/small_vgg_fgsm_rs")
+    >>> zoo.card("cifar10/small_vgg_fgsm_rs")["clean_accuracy"]
+    0.6199
 
 A zoo is a folder (the package's `adv_layer/zoo_models/` by default; every
 function takes `root` to use another one). A model named `dataset/model`
@@ -15,9 +16,9 @@ relative to the root, without `.json`.
 
 The model card: one JSON object with these keys (all required).
 
-    name              the model's name, e.g. "cifar10/small_vgg_adv"
+    name              the model's name, e.g. "cifar10/small_vgg_fgsm_rs"
     description       what the model is: architecture, width, how it was
-                      trained (e.g. "f_b: small_vgg at full width, Madry PGD-7
+                      trained (e.g. "f_b: small_vgg at full width, FGSM-RS
                       at 8/255"), for a defended model f_a, f_b and g's settings
     data              the training and test data in words, e.g.
                       "CIFAR-10 (JPEG copy)"

@@ -1,6 +1,6 @@
 """An evaluation spread over the devices and workers of a tf.distribute strategy.
 
-`attacks.runner` cuts an evaluation into units (attack × block of images),
+`attacks.plan` cuts an evaluation into units (attack × block of images),
 each seeded by its block. This module runs those units on the devices of a
 `tf.distribute.Strategy`:
 
@@ -20,14 +20,15 @@ of its `AdversarialTransform` that a mirrored model shares between replicas.
 A private copy per device keeps every replica's draws its own, and keying
 the randomness by unit (never by device or thread) makes the result equal
 to the single-device run bit for bit on one kind of device (see
-`attacks.runner` for what "bit for bit" assumes).
+`attacks.execute` for what "bit for bit" assumes).
 
 Example (all local GPUs, or logical CPUs):
 
   >>> strategy = tf.distribute.MirroredStrategy()
-  >>> summary = distributed.run(strategy, target, x, y, ["adaptive"],
-  ...                           "runs/eval", budget, seed=0, unit_size=50)
-  >>> merged = runner.merge("runs/eval")
+  >>> plan = plan_lib.make_plan(target, x, y, ["adaptive"], budget, seed=0,
+  ...                           unit_size=50)
+  >>> summary = distributed.run(plan, strategy, target, x, y, "runs/eval")
+  >>> merged = merge.merge("runs/eval")
 """
 
 import contextlib
@@ -38,7 +39,8 @@ import keras
 import tensorflow as tf
 
 from adv_layer import training
-from attacks import runner
+from attacks import execute
+from attacks import plan as plan_lib
 from attacks import suite
 
 __all__ = ["barrier", "local_devices", "replicate", "run", "shard_of"]
@@ -158,39 +160,39 @@ def replicate(target, devices):
       replicas.append((device, suite.Target(
           models["model"], surrogate=models.get("surrogate"),
           train_images=target.train_images,
-          adversarial_surrogate=models.get("adversarial_surrogate"))))
+          adversarial_surrogate=models.get("adversarial_surrogate"),
+          randomized=target.randomized, bpda_layers=target.bpda_layers)))
   return replicas
 
 
-def run(strategy, target, x, y, attacks, report_dir, budget=suite.Budget(),
-        seed=0, draws=suite.REFERENCE_DRAWS, unit_size=100, num_shards=1,
-        shard_index=0, keep_going=False, progress=None):
+def run(plan, strategy, target, x, y, report_dir, shard=plan_lib.Shard(),
+        keep_going=False, progress=None):
   """Runs this worker's share of an evaluation on the devices of `strategy`.
 
   Every worker of a multi-worker strategy calls it with the same arguments
   (and a shared `report_dir`); it returns once all of them have finished, so
-  the chief can `runner.merge(report_dir)` next. Rerunning resumes, as with
-  `runner.run`.
+  the chief can `merge.merge(report_dir)` next. Rerunning resumes, as with
+  `execute.run`.
 
   Args:
+    plan: the evaluation's `Plan`.
     strategy: a `tf.distribute.Strategy`.
     target: a `suite.Target` (its models are copied to each local device).
-    x, y, attacks, report_dir, budget, seed, draws, unit_size, keep_going,
-      progress: as for `runner.run`.
-    num_shards, shard_index: the shard this process runs (`shard_of`).
+    x, y, report_dir, keep_going, progress: as for `execute.run`.
+    shard: the `Shard` this process runs when the strategy does not set it
+      (`shard_of`).
 
   Returns:
-    This worker's `runner.RunSummary`.
+    This worker's `execute.RunSummary`.
 
   Raises:
-    ValueError: as `runner.run` and `shard_of`.
+    ValueError: as `execute.run` and `shard_of`.
   """
-  num_shards, shard_index = shard_of(strategy, num_shards, shard_index)
+  shard = plan_lib.Shard(*shard_of(strategy, shard.count, shard.index))
   devices = local_devices(strategy)
   replicas = None if devices == [None] else replicate(target, devices)
-  summary = runner.run(target, x, y, attacks, report_dir, budget, seed=seed,
-                       draws=draws, unit_size=unit_size, num_shards=num_shards,
-                       shard_index=shard_index, keep_going=keep_going,
-                       progress=progress, replicas=replicas)
+  summary = execute.run(plan, target, x, y, report_dir, shard,
+                        keep_going=keep_going, progress=progress,
+                        replicas=replicas)
   barrier(strategy)
   return summary

@@ -22,23 +22,25 @@ Every figure carries its budget, its data, its seed and its image count.
 import json
 import os
 import platform
-import textwrap
 
 import keras
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 import tensorflow as tf
 
+from attacks import records
 from attacks import sanity
 from attacks import suite
+# The plots, also reachable here.
+# pylint: disable=unused-import
+from attacks.plots import plot_accuracy_vs_eot
+from attacks.plots import plot_accuracy_vs_epsilon
+from attacks.plots import plot_transform_grid
+from attacks.plots import transform_views
+# pylint: enable=unused-import
 
 __all__ = [
-    "header_lines", "machine_info", "plot_accuracy_vs_eot",
-    "plot_accuracy_vs_epsilon", "plot_transform_grid", "print_summary",
-    "report_dict", "success_histogram", "table_markdown", "transform_views",
+    "budget_line", "header_lines", "machine_info", "model_check_lines",
+    "print_summary", "report_dict", "success_histogram", "table_markdown",
     "write_report"
 ]
 
@@ -77,8 +79,11 @@ def report_dict(suite_result, flags, extras=None, meta=None):
     A dict.
   """
   budget = suite_result.budget
-  return {
-      "verdict": suite_result.verdict,
+  state = sanity.verdict(suite_result.failed, flags)
+  signs = {"masking_signs": [f.name for f in sanity.masking_signs(flags)]
+          } if state == suite.SUSPECT else {}
+  return signs | {
+      "verdict": state,
       "weaker_than_reference": list(suite_result.weaker_than_reference),
       "meta": dict(meta or {}),
       "machine": machine_info(),
@@ -86,6 +91,8 @@ def report_dict(suite_result, flags, extras=None, meta=None):
       "draws": suite_result.draws,
       "images": int(suite_result.clean.robust.size),
       "defended": suite_result.defended,
+      **({"randomized": suite_result.randomized}
+         if suite_result.randomized is not None else {}),
       "budget": {
           "epsilon": budget.epsilon, "steps": budget.steps,
           "restarts": budget.restarts, "eot_samples": budget.eot_samples,
@@ -114,15 +121,45 @@ def budget_text(budget):
   return ", ".join(parts)
 
 
-def _pct(value):
-  return f"{100 * value:.1f}%"
+def _percent(value):
+  return f"{records.percent(value, 1)}%"
 
 
 def with_interval(figures, key, bold=False):
   """`figures[key]` in percent with its 95% interval: `50.0% [6.8, 93.2]`."""
   low, high = figures[f"{key}_ci95"]
-  value = f"**{_pct(figures[key])}**" if bold else _pct(figures[key])
+  value = f"**{_percent(figures[key])}**" if bold else _percent(figures[key])
   return f"{value} [{100 * low:.1f}, {100 * high:.1f}]"
+
+
+def model_check_lines(checks):
+  """What the evaluation found about the model and did about it (markdown).
+
+  Args:
+    checks: `meta["model_checks"]` of a report (see
+      `attacks.model_checks.ModelChecks.to_dict`), or None.
+
+  Returns:
+    A list of lines (empty without checks).
+  """
+  if not checks:
+    return []
+  lines = ["", f"Model: randomized {checks['randomized']} "
+           f"({checks['randomized_why']}); replay "
+           f"{'exact' if checks['replay_exact'] else 'NOT exact'} "
+           f"({checks['replay_why']})."]
+  if checks["bpda_layers"]:
+    lines.append("BPDA (identity backward) applied to: " + "; ".join(
+        f"{name} ({why})" for name, why in checks["bpda_layers"].items()) +
+                 f". The plain-gradient comparison `{suite.NO_BPDA_SPEC}` "
+                 "keeps the model's own gradients.")
+  elif checks.get("masked_layers"):
+    lines.append("Layers with masked input gradients, NOT wrapped (BPDA "
+                 "off): " + "; ".join(f"{name} ({why})" for name, why in
+                                     checks["masked_layers"].items()) + ".")
+  for note in checks.get("notes", []):
+    lines.append(note)
+  return lines
 
 
 def header_lines(report):
@@ -140,8 +177,15 @@ def header_lines(report):
     lines = [f"**Verdict: {suite.INCOMPLETE}.** Attacks that raised: "
              f"{', '.join(sorted(failed))}. The worst case below omits them: "
              "it is an upper bound, not a verdict."]
+  elif report["verdict"] == suite.SUSPECT:
+    lines = [f"**Verdict: {suite.SUSPECT} (gradient masking).** Every planned "
+             "attack ran, but these signs of a failed evaluation tripped: "
+             f"{', '.join(report['masking_signs'])} (see the sanity checks). "
+             "The worst case below is an upper bound until an adaptive attack "
+             "(BPDA, EOT, another loss) clears them."]
   else:
     lines = [f"Verdict: {suite.COMPLETE} (every planned attack ran)."]
+  lines += model_check_lines(report["meta"].get("model_checks"))
   budget = reference.budget
   lines += ["", f"Reference budget: AutoAttack `rand` ({budget.steps} steps, "
             f"EOT {budget.eot_samples}, {budget.restarts} restart), Square "
@@ -157,7 +201,8 @@ def header_lines(report):
   else:
     lines.append("Budget at reference strength.")
   ran = [row["name"] for row in report["attacks"]] + list(report["failed"])
-  missing = suite.not_run(ran, report["defended"])
+  missing = suite.not_run(ran, report["defended"],
+                          randomized=report.get("randomized"))
   if missing:
     lines += ["", f"**Not run:** {len(missing)} attacks of the `adaptive` "
               f"preset that apply to this model: {', '.join(missing)}. The "
@@ -213,6 +258,30 @@ def table_markdown(report):
   return "\n".join(lines)
 
 
+def budget_line(report):
+  """The report's "Budget:" line: the budget that ran.
+
+  On a deterministic model EOT samples and query draws are 1 whatever was
+  requested (one draw is all there is); the line says so instead of
+  printing the request.
+  """
+  budget = report["budget"]
+  random = report.get("randomized", report["defended"])
+  draws = {field: budget[field] for field in ("eot_samples", "query_draws")}
+  if not random and any(value > 1 for value in draws.values()):
+    shown = (f"eot_samples=1, queries={budget['queries']}, query_draws=1 "
+             f"(deterministic model: one draw is all there is; requested "
+             f"eot_samples={draws['eot_samples']}, "
+             f"query_draws={draws['query_draws']})")
+  else:
+    shown = (f"eot_samples={budget['eot_samples']}, "
+             f"queries={budget['queries']}, "
+             f"query_draws={budget['query_draws']}")
+  return (f"Budget: L∞ eps={budget['epsilon'] * 255:.4g}/255, "
+          f"steps={budget['steps']}, restarts={budget['restarts']}, "
+          f"{shown}.")
+
+
 def markdown(report):
   """The whole report.md text of a `report_dict`."""
   meta = report["meta"]
@@ -226,9 +295,7 @@ def markdown(report):
       f"{' (defended: AdversarialTransform)' if report['defended'] else ''}. "
       f"Seed {report['seed']}; each adversarial image scored with "
       f"{report['draws']} draws of the model.", "",
-      f"Budget: L∞ eps={budget['epsilon'] * 255:.4g}/255, steps={budget['steps']}, "
-      f"restarts={budget['restarts']}, eot_samples={budget['eot_samples']}, "
-      f"queries={budget['queries']}, query_draws={budget['query_draws']}.", "",
+      budget_line(report), "",
       "Mean acc. = fraction of (image, draw) pairs correct; strict acc. = "
       "fraction of images correct in every draw. The worst case is per "
       "example: an image counts only if it is correct in every draw, clean "
@@ -273,101 +340,6 @@ def _histogram_text(counts):
   return (f"fooled in every draw {counts['always']}, in at least half "
           f"{counts['half_or_more']}, in fewer than half "
           f"{counts['below_half']}, never {counts['never']}")
-
-
-def _set_title(axis, title):
-  """A plot title wrapped to the width of the 5-inch figures here."""
-  axis.set_title("\n".join(textwrap.wrap(title, 60)), fontsize=9)
-
-
-def plot_accuracy_vs_epsilon(curve, path, title, clean=None):
-  """Accuracy against epsilon (in /255 units on a log axis).
-
-  Args:
-    curve: dict epsilon -> accuracy.
-    path: PNG path.
-    title: plot title (name the attack, its budget and data).
-    clean: clean accuracy, drawn as a horizontal line, or None.
-  """
-  eps = sorted(curve)
-  figure, axis = plt.subplots(figsize=(5, 3.5))
-  axis.plot([e * 255 for e in eps], [100 * curve[e] for e in eps], "o-",
-            label="robust (mean over draws)")
-  if clean is not None:
-    axis.axhline(100 * clean, color="gray", linestyle="--", label="clean")
-  axis.set_xscale("log", base=2)
-  axis.set(xlabel="epsilon (x/255)", ylabel="accuracy (%)", ylim=(0, 100))
-  _set_title(axis, title)
-  axis.legend()
-  figure.tight_layout()
-  figure.savefig(path, dpi=100)
-  plt.close(figure)
-
-
-def plot_accuracy_vs_eot(curve, path, title):
-  """Accuracy against EOT samples, as in the paper's Fig. 7.
-
-  Args:
-    curve: dict EOT samples -> accuracy.
-    path: PNG path.
-    title: plot title.
-  """
-  samples = sorted(curve)
-  figure, axis = plt.subplots(figsize=(5, 3.5))
-  axis.plot(samples, [100 * curve[k] for k in samples], "o-")
-  axis.set_xscale("log", base=2)
-  axis.set(xlabel="EOT samples", ylabel="robust accuracy, mean over draws (%)",
-           ylim=(0, 100))
-  _set_title(axis, title)
-  figure.tight_layout()
-  figure.savefig(path, dpi=100)
-  plt.close(figure)
-
-
-def transform_views(layer, x, samples=64):
-  """One draw g(x) and the EOT image E[g(x)] over `samples` draws.
-
-  Args:
-    layer: an `AdversarialTransform`.
-    x: float32 images.
-    samples: draws averaged for E[g(x)] (paper Fig. 4 uses 5000).
-
-  Returns:
-    `(g_x, mean_g_x)` as NumPy arrays of the shape of `x`.
-  """
-  x = tf.convert_to_tensor(x, tf.float32)
-  g_x = np.asarray(layer.transform(x))
-  tiled = tf.tile(x, [samples] + [1] * (len(x.shape) - 1))
-  draws = np.asarray(layer.transform(tiled)).reshape((samples,) + tuple(x.shape))
-  return g_x, draws.mean(axis=0)
-
-
-def plot_transform_grid(columns, path, title):
-  """A grid: one row per image, one column per view (paper Figs. 2 and 4).
-
-  Args:
-    columns: ordered dict column label -> images `(n, h, w, c)` in [0, 1].
-    path: PNG path.
-    title: figure title.
-  """
-  labels = list(columns)
-  rows = len(next(iter(columns.values())))
-  figure, axes = plt.subplots(rows, len(labels), squeeze=False,
-                              figsize=(1.6 * len(labels), 1.6 * rows + 0.4))
-  for col, label in enumerate(labels):
-    for row in range(rows):
-      image = np.clip(np.asarray(columns[label][row]), 0.0, 1.0)
-      axis = axes[row][col]
-      axis.imshow(image.squeeze(), cmap="gray" if image.shape[-1] == 1 else None,
-                  vmin=0.0, vmax=1.0)
-      axis.set_xticks([])
-      axis.set_yticks([])
-      if row == 0:
-        axis.set_title(label, fontsize=8)
-  figure.suptitle(title, fontsize=9)
-  figure.tight_layout()
-  figure.savefig(path, dpi=100)
-  plt.close(figure)
 
 
 def write_report(report_dir, suite_result, flags, extras=None, meta=None,

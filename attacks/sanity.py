@@ -1,15 +1,11 @@
 """Sanity checks printed with every robustness report (flags, never silent).
 
-Each check returns a `Flag` whose status is "ok", "FLAG" (the evaluation may be
-broken or too weak) or "not run" (its inputs were missing; still printed).
-The checks follow DESIGN.md's evaluation rules (plus a flag for attacks that
-raised) and Athalye et al. (2018) /
-Croce et al. (2022): robust <= clean; accuracy falls as the budget grows; a
-large budget (epsilon = 0.5) drives accuracy near 0; a transfer or query-based
-attack beating every white-box attack signals gradient masking; an estimator
-giving zero or NaN gradients; accuracy still falling with twice the steps,
-restarts or EOT samples (not converged); per-draw gradients so spread around
-their EOT mean that the mean is mostly noise (`eot_gradient_diagnostics`).
+`run_checks` runs the extra attack runs some checks need (the strongest
+white-box attack at other epsilons and with twice its steps, restarts and
+EOT samples), measures gradients (`gradient_stats`) and the spread of
+per-draw gradients around their EOT mean (`eot_gradient_diagnostics`), and
+returns every check's `Flag` (`attacks.verdict`, where the checks and the
+verdict live; their names are reachable here too).
 """
 
 import dataclasses
@@ -20,160 +16,26 @@ import tensorflow as tf
 from attacks import common
 from attacks import scoring
 from attacks import suite
+# The checks and the verdict, also reachable here.
+# pylint: disable=unused-import,g-multiple-import
+from attacks.verdict import (
+    LARGE_EPSILON, MASKING_SIGNS, NOT_RUN, OK, TRIPPED, Flag, cheap_checks,
+    check_convergence, check_eot_gradients, check_failures,
+    check_gradient_masking, check_gradients, check_large_epsilon,
+    check_monotone_epsilon, check_nonfinite_outputs, check_robust_le_clean,
+    format_flags, masking_signs, nonfinite_counts, verdict)
+# pylint: enable=unused-import,g-multiple-import
 
 __all__ = [
-    "Flag", "DIAGNOSTIC_IMAGES", "DIAGNOSTIC_STEPS", "EPSILON_SWEEP",
-    "LARGE_EPSILON", "check_convergence", "check_eot_gradients",
-    "check_failures", "check_gradient_masking", "check_gradients",
-    "check_large_epsilon", "check_monotone_epsilon", "check_robust_le_clean",
-    "draw_noise", "eot_diagnostics", "eot_gradient_diagnostics",
-    "epsilon_sweep", "first_images", "format_flags", "gradient_stats",
-    "reference_attack", "run_checks"
+    "DIAGNOSTIC_IMAGES", "DIAGNOSTIC_STEPS", "EPSILON_SWEEP", "draw_noise",
+    "eot_diagnostics", "eot_gradient_diagnostics", "epsilon_sweep",
+    "first_images", "gradient_stats", "reference_attack", "run_checks"
 ]
 
 EPSILON_SWEEP = (2 / 255, 4 / 255, 8 / 255, 16 / 255)
-LARGE_EPSILON = 0.5
 # EOT gradient diagnostics: a few steps on the first images.
 DIAGNOSTIC_STEPS = 3
 DIAGNOSTIC_IMAGES = 16
-OK, TRIPPED, NOT_RUN = "ok", "FLAG", "not run"
-
-
-@dataclasses.dataclass(frozen=True)
-class Flag:
-  """The outcome of one sanity check.
-
-  Attributes:
-    name: short identifier of the check.
-    status: "ok", "FLAG" or "not run".
-    message: what was compared, with the numbers.
-  """
-  name: str
-  status: str
-  message: str
-
-  @property
-  def tripped(self):
-    return self.status == TRIPPED
-
-  def to_dict(self):
-    return dataclasses.asdict(self)
-
-
-def _flag(name, tripped, message):
-  return Flag(name, TRIPPED if tripped else OK, message)
-
-
-def _slack(tolerance):
-  """The tolerance as message text (empty when zero)."""
-  return f" (slack {tolerance:.4f} for draw noise)" if tolerance else ""
-
-
-def check_failures(failed, name="attacks-failed", what="attack"):
-  """Flags attacks (or sanity runs) that raised instead of returning.
-
-  Args:
-    failed: dict attack or run name -> error message.
-    name: the flag's name.
-    what: what `failed` lists, for the message.
-
-  Returns:
-    A `Flag`.
-  """
-  if failed:
-    return _flag(name, True, "; ".join(
-        f"{run}: {error}" for run, error in sorted(failed.items())))
-  return _flag(name, False, f"every {what} ran")
-
-
-def check_robust_le_clean(clean_accuracy, accuracies, tolerance=0.0):
-  """Flags any attack whose accuracy exceeds the clean accuracy.
-
-  Args:
-    clean_accuracy: accuracy on clean images.
-    accuracies: dict attack name -> accuracy on its adversarial images.
-    tolerance: slack allowed for draw noise of a randomized model.
-
-  Returns:
-    A `Flag`.
-  """
-  if clean_accuracy is None or not accuracies:
-    return Flag("robust<=clean", NOT_RUN, "no clean or attack accuracy")
-  above = {k: v for k, v in accuracies.items() if v > clean_accuracy + tolerance}
-  if above:
-    listed = ", ".join(f"{k}={v:.4f}" for k, v in sorted(above.items()))
-    return _flag("robust<=clean", True,
-                 f"attacks above clean accuracy {clean_accuracy:.4f}"
-                 f"{_slack(tolerance)}: {listed}")
-  return _flag("robust<=clean", False,
-               f"every attack <= clean accuracy {clean_accuracy:.4f}"
-               f"{_slack(tolerance)}")
-
-
-def check_monotone_epsilon(accuracy_by_epsilon, tolerance=0.0):
-  """Flags accuracy that rises with a larger budget.
-
-  Args:
-    accuracy_by_epsilon: dict epsilon -> accuracy of one attack.
-    tolerance: slack allowed for draw noise.
-
-  Returns:
-    A `Flag`.
-  """
-  if len(accuracy_by_epsilon) < 2:
-    return Flag("monotone-in-epsilon", NOT_RUN, "fewer than two budgets")
-  items = sorted(accuracy_by_epsilon.items())
-  rises = [(a, b) for (a, b) in zip(items, items[1:]) if b[1] > a[1] + tolerance]
-  curve = ", ".join(f"{e * 255:.4g}/255: {acc:.4f}" for e, acc in items)
-  if rises:
-    return _flag("monotone-in-epsilon", True,
-                 f"accuracy rises with epsilon: {curve}{_slack(tolerance)}")
-  return _flag("monotone-in-epsilon", False,
-               f"non-increasing: {curve}{_slack(tolerance)}")
-
-
-def check_large_epsilon(accuracy, epsilon=LARGE_EPSILON, threshold=0.10):
-  """Flags an attack that cannot get accuracy below `threshold` at a huge budget.
-
-  Args:
-    accuracy: accuracy at `epsilon` (None: not run).
-    epsilon: the large budget used.
-    threshold: accuracy that must be beaten.
-
-  Returns:
-    A `Flag`.
-  """
-  name = "large-epsilon"
-  if accuracy is None:
-    return Flag(name, NOT_RUN, f"no run at epsilon={epsilon}")
-  return _flag(name, accuracy >= threshold,
-               f"accuracy {accuracy:.4f} at epsilon={epsilon} "
-               f"({'not ' if accuracy >= threshold else ''}below {threshold:.2f})")
-
-
-def check_gradient_masking(white_box, black_box, tolerance=0.0):
-  """Flags a transfer or query-based attack beating every white-box attack.
-
-  Args:
-    white_box: dict attack name -> accuracy, gradient-based attacks on the
-      model itself (through an estimator where needed).
-    black_box: dict attack name -> accuracy, transfer and query-based attacks.
-    tolerance: slack allowed for draw noise.
-
-  Returns:
-    A `Flag`.
-  """
-  name = "gradient-masking"
-  if not white_box or not black_box:
-    return Flag(name, NOT_RUN, "needs white-box and transfer/query attacks")
-  best_white = min(white_box, key=white_box.get)
-  best_black = min(black_box, key=black_box.get)
-  tripped = black_box[best_black] < white_box[best_white] - tolerance
-  relation = "beats" if tripped else "does not beat"
-  return _flag(name, tripped,
-               f"{best_black} ({black_box[best_black]:.4f}) {relation} the "
-               f"best white-box attack {best_white} ({white_box[best_white]:.4f})"
-               f"{_slack(tolerance)}")
 
 
 def gradient_stats(model_fn, x, y):
@@ -205,54 +67,6 @@ def gradient_stats(model_fn, x, y):
       "images": int(len(x)),
       "mean_abs": float(np.mean(np.abs(np.where(finite, grad, 0.0)))),
   }
-
-
-def check_gradients(stats_by_estimator):
-  """Flags estimators whose gradients are NaN/inf or exactly zero.
-
-  Args:
-    stats_by_estimator: dict estimator name -> `gradient_stats` output.
-
-  Returns:
-    A `Flag`.
-  """
-  name = "zero-or-nan-gradients"
-  if not stats_by_estimator:
-    return Flag(name, NOT_RUN, "no gradient estimator checked")
-  bad = []
-  for estimator, stats in sorted(stats_by_estimator.items()):
-    if stats["nonfinite"] or stats["zero_examples"]:
-      bad.append(f"{estimator}: {stats['nonfinite']} non-finite entries, "
-                 f"{stats['zero_examples']}/{stats['images']} zero gradients")
-  if bad:
-    return _flag(name, True, "; ".join(bad))
-  return _flag(name, False, "finite, nonzero gradients from " +
-               ", ".join(sorted(stats_by_estimator)))
-
-
-def check_convergence(base, doubled, what="steps", tolerance=0.0, attack=None):
-  """Flags accuracy that still falls when the attack gets twice the budget.
-
-  Args:
-    base: accuracy with the report's budget (None: not run).
-    doubled: accuracy with twice the steps, restarts or EOT samples (None:
-      not run).
-    what: "steps", "restarts" or "eot_samples", for the message.
-    tolerance: slack allowed for draw noise.
-    attack: the attack's name, for the message.
-
-  Returns:
-    A `Flag`.
-  """
-  name = f"converged-in-{what}"
-  if base is None or doubled is None:
-    return Flag(name, NOT_RUN, f"no run with 2x {what}")
-  tripped = doubled < base - tolerance
-  return _flag(name, tripped,
-               (f"{attack}: " if attack else "") +
-               f"accuracy {base:.4f} -> {doubled:.4f} with 2x {what}"
-               + _slack(tolerance)
-               + (" (still falling: not converged)" if tripped else ""))
 
 
 def eot_gradient_diagnostics(model_fn, x, y, samples, steps=DIAGNOSTIC_STEPS,
@@ -321,40 +135,6 @@ def eot_gradient_diagnostics(model_fn, x, y, samples, steps=DIAGNOSTIC_STEPS,
       x_adv = common.project(x_adv + epsilon / 4 * direction, x, epsilon,
                              value_range)
   return dict(figures, samples=samples, steps=steps, images=int(len(x)))
-
-
-def check_eot_gradients(diagnostics, noise_ratio=1.0):
-  """Flags an EOT mean gradient dominated by the spread of the draws.
-
-  Args:
-    diagnostics: `eot_gradient_diagnostics` output, or None (not run).
-    noise_ratio: largest allowed relative variance / K (the variance of the
-      EOT mean over its squared norm) at any point of the walk.
-
-  Returns:
-    A `Flag`.
-  """
-  name = "eot-gradient-noise"
-  if diagnostics is None:
-    return Flag(name, NOT_RUN, "no EOT attack on a randomized model")
-  samples = diagnostics["samples"]
-  ratios = [v / samples for v in diagnostics["relative_variance"]
-            if v is not None]
-  if not ratios:
-    return _flag(name, True, "every EOT mean gradient is zero")
-  cosines = ", ".join(f"{c:.3f}" for c in diagnostics["cosine"]
-                      if c is not None)
-  tripped = max(ratios) > noise_ratio
-  return _flag(name, tripped,
-               f"EOT {samples}: variance of the mean gradient / its squared "
-               f"norm up to {max(ratios):.3f} (limit {noise_ratio}); cosine of "
-               f"a draw's gradient to the mean per step: {cosines}"
-               + (" (more EOT samples needed)" if tripped else ""))
-
-
-def format_flags(flags):
-  """One line per flag: `[status] name: message`."""
-  return "\n".join(f"[{f.status}] {f.name}: {f.message}" for f in flags)
 
 
 def reference_attack(suite_result, field=None):
@@ -443,11 +223,14 @@ def eot_diagnostics(target, suite_result, x, y):
   least 2); None on a deterministic model or without such an attack.
   """
   reference = reference_attack(suite_result, field="eot_samples")
-  if not target.defended or reference is None:
+  if not target.randomized or reference is None:
     return None
   budget = suite_result.budget
-  model_fn = target.white_box_fn(suite.REGISTRY[reference.name].estimator,
-                                 seed=suite_result.seed)
+  # On a model without a transform the display name is a family's, and the
+  # gradient is the model's own (through BPDA where it wraps layers).
+  estimator = (suite.REGISTRY[reference.name].estimator if target.defended
+               else None)
+  model_fn = target.white_box_fn(estimator, seed=suite_result.seed)
   diagnostics = eot_gradient_diagnostics(
       model_fn, x[:DIAGNOSTIC_IMAGES], y[:DIAGNOSTIC_IMAGES],
       max(2, budget.eot_samples), epsilon=budget.epsilon,
@@ -512,17 +295,9 @@ def run_checks(target, suite_result, x, y, convergence=True, images=None,
     ValueError: if `images` is not None nor an integer in [1, len(x)],
       naming the value received.
   """
-  results = suite_result.results
-  clean = suite_result.clean.mean_accuracy
   noise = draw_noise(suite_result.clean)
-  flags = [check_failures(suite_result.failed),
-           check_robust_le_clean(clean, {r.name: r.score.mean_accuracy
-                                         for r in results}, tolerance=noise)]
-  white = {r.name: r.score.mean_accuracy for r in results
-           if r.kind == suite.WHITE_BOX}
-  black = {r.name: r.score.mean_accuracy for r in results
-           if r.kind != suite.WHITE_BOX}
-  masking = check_gradient_masking(white, black, tolerance=noise)
+  *flags, masking = cheap_checks(suite_result, tolerance=noise)
+  white = [r.name for r in suite_result.results if r.kind == suite.WHITE_BOX]
   if images is not None:
     common.check_number("images", images, minimum=1, integer=True)
     if images > len(x):
@@ -571,7 +346,7 @@ def run_checks(target, suite_result, x, y, convergence=True, images=None,
   flags.append(check_eot_gradients(extras["eot_gradients"]))
   # EOT samples matter only on a randomized model.
   for what in ("steps", "restarts") + (
-      ("eot_samples",) if target.defended else ()):
+      ("eot_samples",) if target.randomized else ()):
     flags.append(guarded(
         f"2x {what}", lambda what=what: convergence_flag(
             target, suite_result, x, y, what, convergence, extras,

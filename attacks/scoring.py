@@ -24,6 +24,12 @@ the images (`clopper_pearson`):
 Both intervals cover the choice of images (and, for the mean, of the R
 draws); they do not cover the attack's own randomness.
 
+Non-finite outputs: a row of logits with a NaN or infinite entry predicts no
+class (label -1), so it is never a correct prediction (`np.argmax` of an
+all-NaN row is 0, which would count every image of class 0 as correct).
+`Score.nonfinite` counts such (draw, image) pairs; the report shows it as
+`nonfinite_outputs` when it is above 0.
+
 Reproducibility: the draws of every `AdversarialTransform` inside a Keras model
 come from the layer's `keras.random.SeedGenerator` while pinned. `score` pins
 the layers and sets those generators to states derived from its own `seed` for
@@ -103,6 +109,10 @@ class Score:
       (1 - the image's success probability over draws).
     draws: R.
     seed: the seed of the draws (None: unseeded).
+    nonfinite: the number of (draw, image) pairs whose output had a
+      non-finite entry (NaN or ±inf); each counts as misclassified.
+    nonfinite_pairs: bool array `(draws, images)` marking those pairs, or
+      None where none was recorded (then `nonfinite` is 0).
   """
   correct: np.ndarray
   mean_accuracy: float
@@ -111,6 +121,8 @@ class Score:
   per_example_mean: np.ndarray
   draws: int
   seed: object = None
+  nonfinite: int = 0
+  nonfinite_pairs: np.ndarray = None
 
   @property
   def images(self):
@@ -136,9 +148,11 @@ class Score:
     """The figures as a JSON-ready dict (per-example booleans as 0/1 lists).
 
     The interval keys end in `_ci95` (`CONFIDENCE`); `scoring_seed` is the
-    seed of the draws.
+    seed of the draws. `nonfinite_outputs` (the `nonfinite` count) is present
+    only when some output was not finite, so reports of finite models keep
+    their exact form.
     """
-    return {
+    figures = {
         "mean_accuracy": self.mean_accuracy,
         "mean_accuracy_ci95": list(self.mean_interval),
         "strict_accuracy": self.strict_accuracy,
@@ -148,15 +162,24 @@ class Score:
         "robust": [int(v) for v in self.robust],
         "per_example_mean": [float(v) for v in self.per_example_mean],
     }
+    if self.nonfinite > 0:
+      figures["nonfinite_outputs"] = self.nonfinite
+    return figures
 
 
-def score_labels(predictions, y, seed=None):
+def score_labels(predictions, y, seed=None, nonfinite=None):
   """Scores predicted labels of R draws against the true labels.
 
+  A label of -1 (no class: `predict_labels` gives it for a non-finite
+  output) is never correct.
+
   Args:
-    predictions: int array `(draws, images)` of predicted classes.
+    predictions: int array `(draws, images)` of predicted classes, or -1.
     y: int array `(images,)` of true classes.
     seed: recorded in the result.
+    nonfinite: optional bool array `(draws, images)`, True where the output
+      was not finite; those pairs count as misclassified and their number is
+      recorded (`Score.nonfinite`). None: no pair was.
 
   Returns:
     A `Score`.
@@ -170,12 +193,22 @@ def score_labels(predictions, y, seed=None):
     raise ValueError(
         f"`predictions` must have shape (draws, {y.shape[0]}). "
         f"Received: predictions.shape={predictions.shape}")
-  return _from_correct(predictions == y[None, :], seed)
+  correct = predictions == y[None, :]
+  if nonfinite is not None:
+    nonfinite = np.asarray(nonfinite, bool)
+    if nonfinite.shape != predictions.shape:
+      raise ValueError(
+          f"`nonfinite` must have the shape of `predictions`, "
+          f"{predictions.shape}. Received: nonfinite.shape={nonfinite.shape}")
+    correct = correct & ~nonfinite
+  return _from_correct(correct, seed, nonfinite)
 
 
-def _from_correct(correct, seed):
-  """A `Score` from its bool array `(draws, images)` of correct draws."""
+def _from_correct(correct, seed, nonfinite=None):
+  """A `Score` from bool arrays `(draws, images)`: correct, non-finite."""
   robust = np.all(correct, axis=0)
+  if nonfinite is not None and not np.any(nonfinite):
+    nonfinite = None
   return Score(
       correct=correct,
       mean_accuracy=float(np.mean(correct)) if correct.size else 0.0,
@@ -183,7 +216,9 @@ def _from_correct(correct, seed):
       robust=robust,
       per_example_mean=np.mean(correct, axis=0),
       draws=int(correct.shape[0]),
-      seed=seed)
+      seed=seed,
+      nonfinite=0 if nonfinite is None else int(np.sum(nonfinite)),
+      nonfinite_pairs=nonfinite)
 
 
 def first_images(score, count):
@@ -203,7 +238,9 @@ def first_images(score, count):
   if count > score.images:
     raise ValueError(f"`count` must be at most the {score.images} images "
                      f"scored. Received: count={count!r}")
-  return _from_correct(np.asarray(score.correct)[:, :count], score.seed)
+  pairs = score.nonfinite_pairs
+  return _from_correct(np.asarray(score.correct)[:, :count], score.seed,
+                       None if pairs is None else np.asarray(pairs)[:, :count])
 
 
 def reseeded(model, seed):
@@ -229,13 +266,17 @@ def reseeded(model, seed):
 def predict_labels(model_fn, x, batch_size=256):
   """Predicted classes of one draw of `model_fn`, in batches.
 
+  A row of logits with a non-finite entry (NaN, ±inf) predicts no class: its
+  label is -1, never a true class (`np.argmax` of an all-NaN row is 0, which
+  would score every image of class 0 as correct).
+
   Args:
     model_fn: a Keras model (called with `training=False`) or images -> logits.
     x: float32 images.
     batch_size: most images per call.
 
   Returns:
-    int array `(images,)`.
+    int array `(images,)`: the class, or -1 where the output was not finite.
   """
   common.check_number("batch_size", batch_size, minimum=1, integer=True)
   call = model_fn
@@ -243,8 +284,10 @@ def predict_labels(model_fn, x, batch_size=256):
     call = lambda images: model_fn(images, training=False)
   labels = []
   for start in range(0, len(x), batch_size):
-    logits = call(tf.convert_to_tensor(x[start:start + batch_size], tf.float32))
-    labels.append(np.argmax(np.asarray(logits), axis=-1))
+    logits = np.asarray(
+        call(tf.convert_to_tensor(x[start:start + batch_size], tf.float32)))
+    finite = np.all(np.isfinite(logits), axis=-1)
+    labels.append(np.where(finite, np.argmax(logits, axis=-1), -1))
   return np.concatenate(labels) if labels else np.zeros([0], np.int64)
 
 
@@ -278,5 +321,6 @@ def score(model_fn, x, y, draws=DRAWS, seed=0, batch_size=256):
   if y.shape != (len(x),):
     raise ValueError(f"`y` must have shape ({len(x)},). Received: y.shape={y.shape}")
   with reseeded(model_fn, seed):
-    predictions = [predict_labels(model_fn, x, batch_size) for _ in range(draws)]
-  return score_labels(np.stack(predictions), y, seed=seed)
+    predictions = np.stack(
+        [predict_labels(model_fn, x, batch_size) for _ in range(draws)])
+  return score_labels(predictions, y, seed=seed, nonfinite=predictions < 0)

@@ -7,7 +7,7 @@ result on f_a(g(·)) with fresh draws of g. Sources:
 - white-box transfer (WT, paper Fig. 6): f_a alone, `classifier_model_fn`;
 - black-box transfer (paper Table 2): an independently trained model, e.g.
   f_a's architecture trained afresh on clean data or with PGD adversarial
-  training (`surrogate_from_defended`, `train_surrogate`);
+  training (`attacks.surrogates`);
 - cheaper-defense transfer (Croce et al., 2022; paper Appendix A.3): the
   same model with a cheaper transform g_k of k LL-PGD steps, attacked through
   BPDA with EOT, `cheaper_defense_model_fn`.
@@ -19,13 +19,9 @@ gradient is taken at a randomly shrunk and padded copy of the image,
 `input_diversity`).
 """
 
-import keras
 import numpy as np
 import tensorflow as tf
 
-from adv_layer import data
-from adv_layer import training
-from adv_layer.layer import AdversarialTransform
 from attacks import common
 from attacks import estimators
 from attacks import pgd
@@ -33,9 +29,8 @@ from attacks import reparam
 
 __all__ = [
     "cheaper_defense_model_fn", "classifier_model_fn", "diverse_model_fn",
-    "diversity_draw", "fresh_classifier", "input_diversity", "momentum_update",
-    "resize_and_pad", "surrogate_from_defended", "surrogate_settings",
-    "train_surrogate", "transfer"
+    "diversity_draw", "input_diversity", "momentum_update", "resize_and_pad",
+    "transfer"
 ]
 
 
@@ -324,189 +319,3 @@ def cheaper_defense_model_fn(model, steps=1, estimator="bpda", seed=None,
                                       **estimator_kwargs)
 
 
-def _reseeded(config, rng):
-  """`config` with every "seed" entry redrawn from `rng` (None: unseeded)."""
-  if isinstance(config, dict):
-    return {key: (None if rng is None else int(rng.integers(2**31 - 1)))
-            if key == "seed" else _reseeded(value, rng)
-            for key, value in config.items()}
-  if isinstance(config, (list, tuple)):
-    return type(config)(_reseeded(value, rng) for value in config)
-  return config
-
-
-def fresh_classifier(model, seed=None):
-  """A new, untrained copy of `model`'s architecture without any transform g.
-
-  Clones a Sequential or functional `model` layer by layer (nested models
-  too): each `AdversarialTransform` becomes an identity layer, every other
-  layer is rebuilt from its config with every seed in it (initialisers,
-  dropout, ...) redrawn from `seed`. For a defended model f_a(g(·)) this is
-  f_a's architecture, the source of an undefended or adversarially trained
-  black-box surrogate; the original model is not changed.
-
-  Args:
-    model: a Sequential or functional `keras.Model`, defended or not.
-    seed: integer seed of the new weights; None leaves them unseeded.
-
-  Returns:
-    A `keras.Model` with the input and output shapes of `model`.
-
-  Raises:
-    ValueError: for a subclassed model (it cannot be cloned).
-  """
-  rng = None if seed is None else np.random.default_rng(seed % 2**32)
-
-  def clone_layer(layer):
-    if isinstance(layer, AdversarialTransform):
-      return keras.layers.Identity(name=layer.name)
-    return layer.__class__.from_config(_reseeded(layer.get_config(), rng))
-
-  try:
-    return keras.models.clone_model(model, clone_function=clone_layer,
-                                    recursive=True)
-  except ValueError as error:
-    raise ValueError("`model` must be a Sequential or functional keras.Model. "
-                     f"Received: model={model.name!r}") from error
-
-
-def surrogate_settings(preset="smoke", adversarial=False):
-  """The `train_surrogate` settings matching a training preset.
-
-  The surrogate gets the preset's f_a schedule (epochs, learning-rate drop,
-  batch size, SGD) and, when `adversarial`, f_b's PGD adversarial training
-  (ε, steps, step size; Madry PGD-7 at 8/255 for "strong_cpu" and "paper").
-  `train_examples` (None: the whole split) is for the caller's data loader.
-
-  Args:
-    preset: a name of `adv_layer.training.PRESETS` ("smoke" for CI, "cpu",
-      "strong_cpu" or "paper" for real runs).
-    adversarial: train with PGD adversarial training.
-
-  Returns:
-    A dict: `train_examples` and the keyword arguments of `train_surrogate`.
-
-  Raises:
-    ValueError: for an unknown preset.
-  """
-  settings = training.get_preset(preset)
-  result = {key: settings[key] for key in (
-      "train_examples", "epochs", "lr_drop_epoch", "batch_size",
-      "learning_rate", "momentum")}
-  result["adversarial"] = bool(adversarial)
-  if adversarial:
-    result.update(epsilon=settings["fb_epsilon"], steps=settings["fb_steps"],
-                  step_size=settings["fb_step_size"])
-  return result
-
-
-def train_surrogate(architecture, train_images, train_labels, epochs=1,
-                    batch_size=128, learning_rate=0.1, momentum=0.9,
-                    lr_drop_epoch=None, adversarial=False, epsilon=8 / 255,
-                    steps=7, step_size=None, augment=True, seed=None,
-                    verbose=0):
-  """Trains a black-box transfer source on clean or PGD adversarial examples.
-
-  The model is a fresh copy of `architecture` (`fresh_classifier`: any
-  transform g removed) or `architecture(seed)` for a builder; SGD with
-  momentum on logits cross-entropy (`adv_layer.training.compile_sgd`),
-  shuffled (and augmented with random crops and flips) every epoch, and with
-  `adversarial` Madry PGD adversarial training
-  (`adv_layer.training.AdversarialTrainer`). Settings for real runs:
-  `surrogate_settings(preset)`.
-
-  Args:
-    architecture: a `keras.Model` whose architecture is copied (e.g. the
-      defended model f_a(g(·))), or a function `seed -> keras.Model`.
-    train_images: float images `(n, height, width, channels)` in [0, 1].
-    train_labels: int labels `(n,)`.
-    epochs: passes over the data.
-    batch_size: images per step.
-    learning_rate: initial SGD rate.
-    momentum: SGD momentum.
-    lr_drop_epoch: epoch after which the rate is divided by 10, or None.
-    adversarial: train on PGD examples of the true labels.
-    epsilon: L∞ budget of the training attack.
-    steps: PGD steps of the training attack.
-    step_size: PGD step; None means `epsilon / 4`.
-    augment: random crop (4-pixel padding) and horizontal flip (CIFAR-10).
-    seed: integer seed of the weights, the data order, the augmentation and
-      the attack's starts; None draws them.
-    verbose: Keras verbosity of `fit`.
-
-  Returns:
-    The trained classifier, a `keras.Model` (logits out).
-
-  Raises:
-    ValueError: for a bad argument (named in the message).
-
-  Example:
-    >>> surrogate = train_surrogate(defended, images, labels, epochs=30, seed=0)
-    >>> x_adv = transfer(surrogate, x, y, momentum=1.0, diversity_prob=0.5)
-  """
-  common.check_number("epochs", epochs, minimum=1, integer=True)
-  common.check_number("batch_size", batch_size, minimum=1, integer=True)
-  train_images = np.asarray(train_images, np.float32)
-  train_labels = np.asarray(train_labels).astype(np.int32).reshape(-1)
-  if train_images.ndim < 2 or len(train_images) != len(train_labels):
-    raise ValueError("`train_images` and `train_labels` must hold the same "
-                     f"number of examples. Received: train_images.shape="
-                     f"{train_images.shape}, train_labels.shape="
-                     f"{train_labels.shape}")
-  weight_seed, data_seed, attack_seed = common.seeds(seed, 3)
-  if isinstance(architecture, keras.Model):
-    classifier = fresh_classifier(architecture, weight_seed)
-  else:
-    classifier = architecture(weight_seed)
-  dataset = tf.data.Dataset.from_tensor_slices((train_images, train_labels))
-  if augment:
-    dataset = data.finish(dataset, batch_size, training=True, seed=data_seed)
-  else:
-    dataset = dataset.shuffle(len(train_labels), seed=data_seed,
-                              reshuffle_each_iteration=True).batch(batch_size)
-  model = classifier
-  if adversarial:
-    model = training.AdversarialTrainer(classifier, epsilon=epsilon, steps=steps,
-                                        step_size=step_size, seed=attack_seed,
-                                        name="surrogate_pgd_trainer")
-  training.compile_sgd(model, learning_rate, momentum, lr_drop_epoch,
-                       training.steps_per_epoch(dataset))
-  model.fit(dataset, epochs=epochs, shuffle=False, verbose=verbose)
-  return classifier
-
-
-def surrogate_from_defended(model, train_images, train_labels, adversarial=False,
-                            seed=None, **train_kwargs):
-  """Trains f_a's architecture afresh, without g: a black-box transfer source.
-
-  The defended model is f_a(g(·)); the surrogate is a new copy of f_a
-  (`fresh_classifier`) trained on clean data (the undefended base model of
-  Croce et al. 2022) or, with `adversarial`, by PGD adversarial training. It
-  shares no weights with the model under attack.
-
-  Args:
-    model: a Sequential or functional model containing `AdversarialTransform`.
-    train_images: float training images in [0, 1].
-    train_labels: int labels.
-    adversarial: PGD adversarial training instead of clean training.
-    seed: integer seed of the surrogate's training; None draws one.
-    **train_kwargs: further `train_surrogate` arguments (`epochs`, ...; see
-      `surrogate_settings`).
-
-  Returns:
-    The trained surrogate, a `keras.Model` (logits out).
-
-  Raises:
-    ValueError: if `model` holds no `AdversarialTransform`, or for a bad
-      training argument.
-
-  Example:
-    >>> settings = surrogate_settings("cpu")
-    >>> images, labels = adv_layer.data.load_arrays(
-    ...     "cifar10", f"train[:{settings.pop('train_examples')}]")
-    >>> surrogate = surrogate_from_defended(model, images, labels, seed=0,
-    ...                                     **settings)
-  """
-  estimators.transform_layers(model)
-  return train_surrogate(model, train_images, train_labels,
-                         adversarial=adversarial, seed=seed, **train_kwargs)

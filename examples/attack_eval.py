@@ -61,25 +61,35 @@ Example (after `python examples/train_cifar10.py --preset=smoke`):
 
 `--model=zoo:NAME` attacks a published model (`adv_layer.zoo.available()`).
 
+Any Keras model: `--import=my_pkg.defenses` (repeatable) imports the module
+that registers its custom layers before loading. Randomness is detected (two
+inference passes disagree; `--randomized=yes|no` forces it) and gets EOT,
+query draws, R scoring draws and the EOT curve; a layer whose input gradient
+is None, zero or not finite is wrapped with identity BPDA for the white-box
+attacks (`--bpda_layers` names them, `--nobpda` turns it off), and the
+report states both (`attacks.model_checks.check_model`). This program is a
+shell over `attacks.evaluation`, which does the same from Python.
+
 Prints the verdict, the budget against the reference, the table (like the
 paper's Table 3) with 95% intervals, the sanity flags and the worst-case robust
-accuracy.
+accuracy. Exit status: 0 COMPLETE, 1 INCOMPLETE (an attack raised; 0 with
+--keep_going), 2 SUSPECT (a sign of gradient masking tripped), 3 bad input
+(one line naming the flag; --verbose_errors prints the traceback).
 """
 
-import dataclasses
-import json
 import os
 
 # oneDNN kernels roughly double conv speed on this project's CPUs (AVX2, no
 # AVX-512), where TensorFlow leaves them off by default; set before TF loads.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
+import json
 import sys
 import time
+import traceback
 
 from absl import app
 from absl import flags
-import keras
 import numpy as np
 import tensorflow as tf
 import tqdm
@@ -87,19 +97,26 @@ import tqdm
 import adv_layer  # Registers AdversarialTransform for load_model.
 from adv_layer import data
 from adv_layer import training
-from adv_layer import zoo
+from attacks import budgets
 from attacks import common
+from attacks import cost
 from attacks import distributed
-from attacks import report
-from attacks import runner
-from attacks import sanity
+from attacks import evaluation
+from attacks import export
+from attacks import model_checks
+from attacks import plan as plan_lib
+from attacks import preflight
 from attacks import suite
-from attacks import transfer
+from attacks import surrogates
 
 FLAGS = flags.FLAGS
 ZOO_PREFIX = "zoo:"
-OVERRIDES = ("steps", "restarts", "eot_samples", "queries", "query_draws",
-             "chunk_size", "draws", "num_examples")
+OVERRIDES = budgets.OVERRIDES
+make_budget = budgets.make_budget
+exit_status = evaluation.exit_status
+load_model = preflight.load_model
+# Exit status of a bad flag or input (one line on stderr).
+BAD_INPUT_STATUS = 3
 
 
 def define_flags():
@@ -121,7 +138,7 @@ def define_flags():
                     "For a defended model, train each surrogate a planned "
                     "attack needs and none was given: f_a's architecture "
                     "with fresh weights, on clean data or with PGD "
-                    "(attacks.transfer.surrogate_from_defended), saved in "
+                    "(attacks.surrogates.surrogate_from_defended), saved in "
                     "--report_dir.")
   flags.DEFINE_enum("surrogate_preset", "cpu", list(training.PRESETS),
                     "Training preset of the surrogates (f_a's schedule and "
@@ -217,123 +234,26 @@ def define_flags():
                     "the other attacks run and the report (verdict "
                     "INCOMPLETE) is written; without this flag the exit status "
                     "is then 1.")
+  flags.DEFINE_multi_string("import", [],
+                            "Module to import before loading the model "
+                            "(repeatable), e.g. my_pkg.defenses: it "
+                            "registers the model's custom layers. The "
+                            "current folder is importable.")
+  flags.DEFINE_enum("randomized", "auto", list(model_checks.RANDOMIZED),
+                    "Whether the model is random: auto detects it (two "
+                    "inference passes disagree); yes/no force it.")
+  flags.DEFINE_bool("bpda", True,
+                    "Wrap the layers whose input gradient is None, zero or "
+                    "not finite with identity BPDA for the white-box attacks.")
+  flags.DEFINE_list("bpda_layers", None,
+                    "Layer names (nested paths a/b) to wrap with identity "
+                    "BPDA instead of the detected ones.")
+  flags.DEFINE_bool("allow_large_epsilon", False,
+                    "Accept an --epsilon of the whole value range or more "
+                    "(e.g. a sanity run at 0.5 is fine without it).")
+  flags.DEFINE_bool("verbose_errors", False,
+                    "Print the traceback of a bad-input error, not one line.")
   flags.mark_flag_as_required("model")
-
-
-def make_budget(preset_name, epsilon, overrides):
-  """The `Budget`, R and image count: a preset, some fields overridden.
-
-  Args:
-    preset_name: a key of `suite.BUDGET_PRESETS`.
-    epsilon: the L∞ radius.
-    overrides: dict of `OVERRIDES` names -> value, None keeping the preset's.
-
-  Returns:
-    `(budget, draws, images)`.
-
-  Raises:
-    ValueError: for an unknown preset or a bad value, naming it.
-  """
-  if preset_name not in suite.BUDGET_PRESETS:
-    raise ValueError(f"Unknown budget preset; known: "
-                     f"{sorted(suite.BUDGET_PRESETS)}. Received: "
-                     f"budget={preset_name!r}")
-  preset = suite.BUDGET_PRESETS[preset_name]
-  given = {k: v for k, v in overrides.items() if v is not None}
-  draws = given.pop("draws", preset.draws)
-  images = given.pop("num_examples", preset.images)
-  common.check_number("draws", draws, minimum=1, integer=True)
-  common.check_number("num_examples", images, minimum=1, integer=True)
-  budget = dataclasses.replace(preset.budget, epsilon=epsilon, **given)
-  return budget.validate(), draws, images
-
-
-def exit_status(suite_result, keep_going):
-  """1 if an attack raised (verdict INCOMPLETE) and not `keep_going`, else 0."""
-  if suite_result.failed and not keep_going:
-    print(f"Verdict {suite.INCOMPLETE}: attacks raised "
-          f"({', '.join(sorted(suite_result.failed))}); exit status 1 "
-          "(--keep_going to exit 0).", file=sys.stderr)
-    return 1
-  return 0
-
-
-def load_model(spec, flag="model"):
-  """A model flag's model: a `.keras` path, or `zoo:NAME` from `adv_layer.zoo`.
-
-  Args:
-    spec: the flag's value.
-    flag: the flag's name, for the error messages.
-
-  Raises:
-    ValueError: for an empty value, or an unknown zoo name.
-    FileNotFoundError: for a missing file.
-  """
-  if not spec:
-    raise ValueError(f"--{flag} is required: a .keras path or zoo:NAME (one "
-                     f"of {zoo.available()}). Received: {flag}={spec!r}")
-  if spec.startswith(ZOO_PREFIX):
-    return zoo.load(spec[len(ZOO_PREFIX):])
-  if not os.path.exists(spec):
-    raise FileNotFoundError(
-        f"No model file at {spec!r}. Received: {flag}={spec!r}")
-  return keras.saving.load_model(spec)
-
-
-def load_images(split, count):
-  """The first `count` images of `split` (or of --data_npz), float32 [0, 1]."""
-  if FLAGS.data_npz and split == FLAGS.split:
-    with np.load(FLAGS.data_npz) as arrays:
-      return arrays["x"][:count], arrays["y"][:count]
-  return data.load_arrays(FLAGS.dataset, f"{split}[:{count}]",
-                          data_dir=FLAGS.data_dir)
-
-
-def surrogates(model, names):
-  """The surrogates of black-box transfer: given, trained here, or None.
-
-  Args:
-    model: the model under attack.
-    names: the resolved attack names.
-
-  Returns:
-    `(surrogate, adversarial_surrogate, paths)`: the two models (None where
-    no planned attack needs one, or none was given and none can be trained)
-    and where each came from.
-  """
-  needed = {suite.REGISTRY[name].needs_surrogate for name in names}
-  found, paths = {}, {}
-  for field, adversarial in (("surrogate", False),
-                             ("adversarial_surrogate", True)):
-    path = getattr(FLAGS, field)
-    saved = os.path.join(FLAGS.report_dir, f"{field}.keras")
-    if path is None and field in needed and os.path.exists(saved):
-      path = saved  # Trained by an earlier run or shard: reuse it.
-    if path is None and (field in needed and FLAGS.train_surrogates and
-                         adv_layer.find_transforms(model)):
-      settings = transfer.surrogate_settings(FLAGS.surrogate_preset,
-                                             adversarial=adversarial)
-      count = settings.pop("train_examples")
-      split = f"train[:{count}]" if count else "train"
-      images, labels = data.load_arrays(FLAGS.dataset, split,
-                                        data_dir=FLAGS.data_dir)
-      print(f"Training the {field.replace('_', ' ')} ({FLAGS.surrogate_preset} "
-            f"preset, {len(labels)} images) ...")
-      trained = transfer.surrogate_from_defended(model, images, labels,
-                                                 seed=FLAGS.seed, **settings)
-      path = saved
-      training.save_model(trained, path)
-    paths[field] = path
-    found[field] = load_model(path, field) if path else None
-  return found["surrogate"], found["adversarial_surrogate"], paths
-
-
-def data_name():
-  if FLAGS.data_name:
-    return FLAGS.data_name
-  if FLAGS.data_npz:
-    return os.path.basename(FLAGS.data_npz)
-  return "CIFAR-10 (JPEG copy)" if FLAGS.dataset == "cifar10" else FLAGS.dataset
 
 
 def split_cpu(count):
@@ -350,177 +270,191 @@ def split_cpu(count):
       cpu, [tf.config.LogicalDeviceConfiguration()] * count)
 
 
-def run_units(strategy, target, x, y, names, budget, draws):
-  """Runs this shard's unfinished units on the devices of `strategy`.
-
-  `attacks.distributed.run`: one device and `attacks.runner.run` under the
-  default strategy; under a multi-worker one it waits for every worker.
+def load_images(config, split, count):
+  """The first `count` images of `split` (or of --data_npz), float32 [0, 1].
 
   Returns:
-    The failed units' keys and errors (a rerun retries them).
+    `(x, y, num_classes)`; the classes of an .npz are those its labels show.
   """
-  num_shards, shard_index = distributed.shard_of(
-      strategy, FLAGS.num_shards, FLAGS.shard_index)
-  plan = runner.make_plan(target, x, y, names, budget, FLAGS.seed, draws,
-                          FLAGS.unit_size)
-  units = plan.units(num_shards, shard_index)
+  if config.data_npz and split == config.split:
+    with np.load(config.data_npz) as arrays:
+      x, y = arrays["x"][:count], arrays["y"][:count]
+    return x, y, None
+  preflight.check_num_examples(count, config.dataset, split, config.data_dir)
+  x, y = data.load_arrays(config.dataset, f"{split}[:{count}]",
+                          data_dir=config.data_dir)
+  return x, y, data.dataset_spec(config.dataset, config.data_dir)[1]
+
+
+def data_name(config):
+  if config.data_name:
+    return config.data_name
+  if config.data_npz:
+    return os.path.basename(config.data_npz)
+  return ("CIFAR-10 (JPEG copy)" if config.dataset == "cifar10" else
+          config.dataset)
+
+
+def options(config):
+  """The `evaluation.Options` of the flags."""
+  return evaluation.Options(
+      seed=config.seed, unit_size=config.unit_size,
+      randomized=config.randomized,
+      bpda=(config.bpda_layers if config.bpda_layers else
+            "auto" if config.bpda else "off"),
+      sanity_images=config.sanity_images, convergence=config.convergence,
+      eot_curve=tuple(int(k) for k in config.eot_curve),
+      grid_images=config.grid_images, grid_samples=config.grid_samples,
+      allow_large_epsilon=config.allow_large_epsilon,
+      data_name=data_name(config),
+      model_name=config.model_name or config.model).validate()
+
+
+def make_target(config, model, x, names, opts):
+  """The `suite.Target`: the model looked at, its surrogates and data.
+
+  Surrogates a planned attack needs are given, reused from --report_dir or
+  trained (for a model that is randomized, holds a transform or has
+  BPDA-wrapped layers; a deterministic plain classifier is its own best
+  source).
+
+  Returns:
+    `(target, checks, surrogate_paths)`.
+  """
+  checks = model_checks.check_model(model, x, opts.randomized, opts.bpda,
+                                  opts.seed)
+  target = suite.Target(model, randomized=checks.randomized,
+                        bpda_layers=list(checks.bpda_layers))
+  trainable = config.train_surrogates and (
+      target.defended or target.randomized or target.bpda_layers)
+  train_data = None
+  given = {"surrogate": config.surrogate,
+           "adversarial_surrogate": config.adversarial_surrogate}
+  needed = {field for field in
+            {suite.REGISTRY[n].needs_surrogate for n in names} - {None}
+            if given[field] is None and not os.path.exists(
+                os.path.join(config.report_dir, f"{field}.keras"))}
+  if trainable and needed:
+    settings = surrogates.surrogate_settings(config.surrogate_preset)
+    count = settings["train_examples"]
+    train_data = data.load_arrays(
+        config.dataset, f"train[:{count}]" if count else "train",
+        data_dir=config.data_dir)
+  models, paths = surrogates.train_surrogates(
+      model, names, config.report_dir, given, train_data,
+      config.surrogate_preset, config.seed, drop=list(checks.bpda_layers))
+  train_images = None
+  if "reparam" in names and target.defended:
+    train_images = load_images(config, "train", config.reparam_images)[0]
+  return suite.Target(
+      model, surrogate=models["surrogate"], train_images=train_images,
+      adversarial_surrogate=models["adversarial_surrogate"],
+      randomized=checks.randomized,
+      bpda_layers=list(checks.bpda_layers)), checks, paths
+
+
+def dry_run(config, plan, target, x, y, strategy):
+  """Prints the estimated cost of the evaluation."""
+  count = len(plan.attacks) + 1
+  with tqdm.tqdm(total=count, desc="dry run probes") as bar:
+
+    def probed(name):
+      bar.set_postfix(probed=name, refresh=False)
+      bar.update()
+
+    shards = distributed.shard_of(strategy, config.num_shards,
+                                  config.shard_index)[0]
+    estimate = cost.estimate_cost(
+        plan, target, x, y, probe_images=config.probe_images,
+        shards=sorted({1, len(distributed.local_devices(strategy)) * shards}),
+        progress=probed)
+  print(estimate.table())
+  print(f"(probes: {estimate.probe_images} images, "
+        f"{estimate.probe_s:.1f} s)")
+
+
+def evaluate(config):
+  """The program: checks, units, report; returns the exit status."""
   start = time.perf_counter()
-  with tqdm.tqdm(total=len(units), desc=f"shard {shard_index}/"
-                 f"{num_shards} units") as bar:
-
-    def progress(unit, key, status):
-      del key
-      bar.set_postfix(attack=unit.attack, block=unit.block, status=status)
-      bar.update(1)
-
-    summary = distributed.run(
-        strategy, target, x, y, names, FLAGS.report_dir, budget,
-        seed=FLAGS.seed, draws=draws, unit_size=FLAGS.unit_size,
-        num_shards=FLAGS.num_shards, shard_index=FLAGS.shard_index,
-        keep_going=True, progress=progress)
-  print(f"Units: ran {len(summary.ran)}, reused {len(summary.reused)}, "
-        f"failed {len(summary.failed)} in {time.perf_counter() - start:.1f} s")
-  for key, error in summary.failed.items():
-    print(f"FAILED {key}: {error}")
-  return summary.failed
-
-
-def eot_curve(target, suite_result, x, y, rerun):
-  """Accuracy of the strongest EOT attack against EOT samples (paper Fig. 7).
-
-  `rerun` runs the attack with a changed budget (`suite.rerun`'s signature).
-
-  Returns:
-    `(attack name, dict EOT samples -> mean accuracy)`, or `(None, None)` on
-    a deterministic model, without an EOT attack or with an empty
-    --eot_curve.
-  """
-  samples = [int(k) for k in FLAGS.eot_curve]
-  reference = sanity.reference_attack(suite_result, field="eot_samples")
-  if not target.defended or not samples or reference is None:
-    return None, None
-  curve = {}
-  for k in tqdm.tqdm(samples, desc=f"{reference.name}: accuracy vs EOT"):
-    result = rerun(target, reference.name, x, y, suite_result.budget,
-                   suite_result.seed, suite_result.draws, eot_samples=k)
-    curve[k] = result.score.mean_accuracy
-  return reference.name, curve
-
-
-def transform_grid(target, suite_result, x):
-  """Columns x / g(x) / E[g(x)] / x_adv (strongest attack) of the first images."""
-  rows = min(FLAGS.grid_images, len(x))
-  if rows < 1:
-    return None
-  columns = {"x": x[:rows]}
-  if target.defended:
-    g_x, mean_g_x = report.transform_views(target.transforms[0], x[:rows],
-                                           FLAGS.grid_samples)
-    columns["g(x)"] = g_x
-    columns[f"E[g(x)] ({FLAGS.grid_samples} draws)"] = mean_g_x
-  strongest = suite_result.worst["strongest"]
-  for result in suite_result.results:
-    if result.name == strongest:
-      columns[f"x_adv ({strongest})"] = result.x_adv[:rows]
-  return columns
+  if config.cpu_devices:
+    split_cpu(config.cpu_devices)
+  strategy = training.make_strategy(config.strategy)  # First: cluster setup.
+  sys.path.insert(0, os.getcwd())  # As `python -m` would: --import=pkg.mod.
+  preflight.import_modules(getattr(config, "import"))
+  budget, draws, num_examples = make_budget(
+      config.budget, common.parse_epsilon(config.epsilon),
+      {name: getattr(config, name) for name in OVERRIDES})
+  preflight.check_epsilon(budget.epsilon, budget.value_range,
+                          allow_large=config.allow_large_epsilon)
+  preflight.check_report_dir(config.report_dir)
+  names = suite.resolve_attacks(config.attacks)
+  opts = options(config)
+  model = load_model(config.model)
+  x, y, num_classes = load_images(config, config.split, num_examples)
+  x, y = plan_lib.check_images(x, y, budget)
+  preflight.probe_model(model, x, num_classes or int(np.max(y)) + 1,
+                        exact=num_classes is not None)
+  target, checks, paths = make_target(config, model, x, names, opts)
+  if config.replay_attack:
+    outcome = export.replay(target, os.path.join(config.report_dir,
+                                                 export.EXAMPLES_FILE),
+                            config.replay_example, config.replay_attack,
+                            recraft=config.recraft)
+    print(json.dumps(outcome, indent=1))
+    return 0
+  plan = plan_lib.make_plan(target, x, y, names, budget, config.seed, draws,
+                            config.unit_size)
+  if config.dry_run:
+    dry_run(config, plan, target, x, y, strategy)
+    return 0
+  if not config.merge_only:
+    shard = plan_lib.Shard(config.num_shards, config.shard_index)
+    summary = evaluation.run_units(
+        plan, target, x, y, config.report_dir,
+        strategy=None if config.strategy == "default" else strategy,
+        shard=shard)
+    failed = 1 if summary.failed and not config.keep_going else 0
+    if config.strategy == "multi_worker" and not training.is_chief(strategy):
+      print("Worker done (every worker is); the chief writes the report.")
+      return failed
+    if config.num_shards > 1:
+      print(f"Shard {config.shard_index} of {config.num_shards} done; when "
+            "every shard is, rerun with --merge_only for the report.")
+      return failed
+  meta = {
+      "data": data_name(config), "dataset": config.dataset,
+      "split": f"{config.split}[:{num_examples}]", "model": config.model,
+      "surrogate": paths["surrogate"],
+      "adversarial_surrogate": paths["adversarial_surrogate"],
+      "surrogate_preset": config.surrogate_preset,
+      "attacks_requested": config.attacks,
+      "budget_preset": config.budget,
+      "imports": getattr(config, "import"),
+      "model_checks": checks.to_dict(),
+  }
+  result = evaluation.report_evaluation(config.report_dir, target, opts, meta,
+                                        start)
+  print(result)
+  print(f"Report: {os.path.abspath(result.paths['md'])} "
+        f"({time.perf_counter() - start:.1f} s)")
+  status = exit_status(result, config.keep_going)
+  if status == 1:
+    print(f"Verdict {suite.INCOMPLETE}: attacks raised "
+          f"({', '.join(sorted(result.suite_result.failed))}); exit status 1 "
+          "(--keep_going to exit 0).", file=sys.stderr)
+  return status
 
 
 def main(argv):
   del argv
-  start = time.perf_counter()
-  if FLAGS.cpu_devices:
-    split_cpu(FLAGS.cpu_devices)
-  strategy = training.make_strategy(FLAGS.strategy)  # First: cluster setup.
-  budget, draws, num_examples = make_budget(
-      FLAGS.budget, common.parse_epsilon(FLAGS.epsilon),
-      {name: getattr(FLAGS, name) for name in OVERRIDES})
-  model = load_model(FLAGS.model)
-  x, y = load_images(FLAGS.split, num_examples)
-  names = suite.resolve_attacks(FLAGS.attacks)
-  surrogate, adversarial_surrogate, surrogate_paths = surrogates(model, names)
-  train_images = None
-  if "reparam" in names and adv_layer.find_transforms(model):
-    train_images, _ = load_images("train", FLAGS.reparam_images)
-  target = suite.Target(model, surrogate=surrogate, train_images=train_images,
-                        adversarial_surrogate=adversarial_surrogate)
-
-  if FLAGS.replay_attack:
-    outcome = runner.replay(model, os.path.join(FLAGS.report_dir,
-                                                runner.EXAMPLES_FILE),
-                            FLAGS.replay_example, FLAGS.replay_attack,
-                            recraft=FLAGS.recraft)
-    print(json.dumps(outcome, indent=1))
-    return 0
-  if FLAGS.dry_run:
-    with tqdm.tqdm(total=len(names) + 1, desc="dry run probes") as bar:
-
-      def probed(name):
-        bar.set_postfix(probed=name, refresh=False)
-        bar.update()
-
-      estimate = runner.estimate_cost(
-          target, x, y, names, budget, seed=FLAGS.seed, draws=draws,
-          unit_size=FLAGS.unit_size, probe_images=FLAGS.probe_images,
-          shards=sorted({1, len(distributed.local_devices(strategy)) *
-                         distributed.shard_of(strategy, FLAGS.num_shards,
-                                              FLAGS.shard_index)[0]}),
-          progress=probed)
-    print(estimate.table())
-    print(f"(probes: {estimate.probe_images} images, "
-          f"{estimate.probe_s:.1f} s)")
-    return 0
-  if not FLAGS.merge_only:
-    failed = run_units(strategy, target, x, y, names, budget, draws)
-    if FLAGS.strategy == "multi_worker" and not training.is_chief(strategy):
-      print("Worker done (every worker is); the chief writes the report.")
-      return 1 if failed and not FLAGS.keep_going else 0
-    if FLAGS.num_shards > 1:
-      print(f"Shard {FLAGS.shard_index} of {FLAGS.num_shards} done; when every "
-            "shard is, rerun with --merge_only for the report.")
-      return 1 if failed and not FLAGS.keep_going else 0
-  merged = runner.merge(FLAGS.report_dir, allow_incomplete=True)
-  suite_result, x, y = merged.suite_result, merged.x, merged.y
-  print("Sanity checks (extra attack runs) ...")
-  sanity_images = (None if FLAGS.sanity_images is None else
-                   min(FLAGS.sanity_images, len(x)))
-  rerun = runner.stored_rerun(FLAGS.report_dir)
-  checks, extras = sanity.run_checks(target, suite_result, x, y,
-                                     convergence=FLAGS.convergence,
-                                     images=sanity_images, rerun=rerun)
-  subset = suite_result if sanity_images is None else sanity.first_images(
-      suite_result, sanity_images)
-  eot_attack, curve = eot_curve(target, subset, x[:subset.clean.images],
-                                y[:subset.clean.images], rerun)
-  if curve:
-    extras["eot_attack"] = eot_attack
-  meta = {
-      "data": data_name(), "dataset": FLAGS.dataset,
-      "split": f"{FLAGS.split}[:{num_examples}]", "model": FLAGS.model,
-      "surrogate": surrogate_paths["surrogate"],
-      "adversarial_surrogate": surrogate_paths["adversarial_surrogate"],
-      "surrogate_preset": FLAGS.surrogate_preset,
-      "attacks_requested": FLAGS.attacks,
-      "budget_preset": FLAGS.budget,
-      "elapsed_s": time.perf_counter() - start,
-  }
-  paths = report.write_report(FLAGS.report_dir, suite_result, checks, extras,
-                              meta, grid=transform_grid(target, suite_result, x),
-                              eot_curve=curve)
-  paths |= runner.export(merged, FLAGS.report_dir,
-                         FLAGS.model_name or FLAGS.model, data_name(), checks)
-  print(report.print_summary(paths["json"]))
-  worst = suite_result.worst
-  low, high = worst["strict_accuracy_ci95"]
-  print(f"\nWorst-case robust accuracy: {100 * worst['strict_accuracy']:.1f}% "
-        f"[95% CI {100 * low:.1f}, {100 * high:.1f}] (strict over {draws} "
-        f"draws, {len(x)} images of {data_name()}, eps="
-        f"{budget.epsilon * 255:.4g}/255), strongest attack: "
-        f"{worst['strongest']}"
-        f"{'' if suite_result.weaker_than_reference else ', reference budget'}"
-        f"; verdict {suite_result.verdict}")
-  print(f"Report: {os.path.abspath(paths['md'])} "
-        f"({time.perf_counter() - start:.1f} s)")
-  return exit_status(suite_result, FLAGS.keep_going)
+  try:
+    return evaluate(FLAGS)
+  except (ValueError, TypeError, FileNotFoundError, ImportError) as error:
+    if FLAGS.verbose_errors:
+      raise
+    print(f"attack_eval.py: error: {error}", file=sys.stderr)
+    traceback.clear_frames(error.__traceback__)
+    return BAD_INPUT_STATUS
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import tensorflow as tf
 
 import adv_layer  # pylint: disable=unused-import  (registers the layer)
 from attacks import distributed
+from attacks import runner
 from attacks import suite
 from tests import runner_test
 
@@ -38,10 +39,12 @@ def main(folder):
   with np.load(os.path.join(folder, "data.npz")) as arrays:
     x, y = arrays["x"], arrays["y"]
   threads = []
+  target = suite.Target(model)
+  plan = runner.make_plan(target, x, y, runner_test.ATTACKS,
+                          runner_test.BUDGET, seed=0, draws=runner_test.DRAWS,
+                          unit_size=runner_test.UNIT_SIZE)
   summary = distributed.run(
-      strategy, suite.Target(model), x, y, runner_test.ATTACKS,
-      os.path.join(folder, "mirrored"), runner_test.BUDGET, seed=0,
-      draws=runner_test.DRAWS, unit_size=runner_test.UNIT_SIZE,
+      plan, strategy, target, x, y, os.path.join(folder, "mirrored"),
       progress=lambda *_: threads.append(threading.current_thread().name))
   replicas = distributed.replicate(suite.Target(model),
                                    distributed.local_devices(strategy))

@@ -442,6 +442,105 @@ class SavedRandomnessTest(tf.test.TestCase):
     self.assertEqual(pinned_1, pinned_2)
 
 
+def functional_head(head):
+  """A functional f_b whose logits go through `head` (an op, not a layer)."""
+  inputs = keras.Input(SHAPE)
+  logits = keras.layers.Dense(CLASSES)(keras.layers.Flatten()(inputs))
+  return keras.Model(inputs, head(logits), name="probs")
+
+
+class SoftmaxSubclass(keras.Model):
+  """A subclassed f_b returning softmax probabilities (no input shape)."""
+
+  def __init__(self, **kwargs):
+    super().__init__(**kwargs)
+    self.flatten = keras.layers.Flatten()
+    self.dense = keras.layers.Dense(CLASSES)
+
+  def call(self, inputs, training=None):
+    return keras.ops.softmax(self.dense(self.flatten(inputs)))
+
+  @classmethod
+  def built_one(cls):
+    model = cls(name="probs")
+    model(np.zeros((1,) + SHAPE, np.float32))
+    return model
+
+
+class LooksLikeProbabilitiesTest(tf.test.TestCase):
+  """The output probe: probabilities lie in [0, 1], logits anywhere."""
+
+  def test_softmax_and_sigmoid_rows(self):
+    softmax = tf.nn.softmax(tf.constant([[2.0, -1.0, 0.5], [0.0, 3.0, 1.0]]))
+    self.assertTrue(adv_layer.layer.looks_like_probabilities(softmax))
+    self.assertEqual(adv_layer.layer.probability_kind(softmax), "softmax")
+    sigmoid = [[0.1, 0.9, 0.7], [0.2, 0.2, 0.4]]
+    self.assertTrue(adv_layer.layer.looks_like_probabilities(sigmoid))
+    self.assertEqual(adv_layer.layer.probability_kind(sigmoid), "sigmoid")
+    self.assertEqual(adv_layer.layer.probability_kind([[0.3], [0.8]]), "sigmoid")
+    # Float16 rounding of a softmax strays a little from summing to 1.
+    self.assertEqual(adv_layer.layer.probability_kind(
+        [[0.999, 0.0], [0.3, 0.7]]), "softmax")
+    self.assertEqual(adv_layer.layer.probability_kind(
+        [[0.99, 0.0], [0.3, 0.7]]), "sigmoid")
+
+  def test_logits_and_degenerate_outputs_are_not_probabilities(self):
+    for outputs in ([[2.0, -1.0, 0.5], [0.0, 3.0, 1.0]],  # Logits.
+                    [[0.5, 1.2], [0.1, 0.2]],            # One entry above 1.
+                    [[0.5, -0.1], [0.1, 0.2]],           # One below 0.
+                    np.zeros((4, 3)),                    # Zero-initialised f_b.
+                    np.full((4, 3), 1 / 3),              # Constant.
+                    [[1e-5, 0.0], [0.0, 2e-5]],          # Spread < 1e-4.
+                    [[0.3, -1e-5], [0.5, 0.5]],          # Barely negative.
+                    [[0.2, np.nan], [0.5, 0.5]],         # Not finite.
+                    np.zeros((0, 3)), 0.5):              # Empty; a scalar.
+      self.assertFalse(adv_layer.layer.looks_like_probabilities(outputs),
+                       msg=str(outputs))
+
+  def test_probe_images_span_the_range_and_repeat(self):
+    images = adv_layer.layer.probe_images((2, 2, 1), (-1.0, 1.0))
+    self.assertEqual((images.shape, images.dtype), ((8, 2, 2, 1), np.float32))
+    self.assertAllEqual(images[0], np.full((2, 2, 1), -1.0))
+    self.assertAllEqual(images[1], np.full((2, 2, 1), 1.0))
+    self.assertAllInRange(images, -1.0, 1.0)
+    self.assertAllEqual(images, adv_layer.layer.probe_images((2, 2, 1), (-1.0, 1.0)))
+
+
+class EmptyBatchTest(tf.test.TestCase):
+  """A batch of 0 images gives an empty batch, without calling f_b."""
+
+  def test_empty_batch_in_every_mode(self):
+    # small_vgg's batch norm fails on 0 images (Keras' shape check in eager
+    # mode, "Incompatible shapes: [64] vs. [0,32,32,3]" in a function).
+    f_b = adv_layer.models.small_vgg(width=0.125, seed=0)
+    empty = np.zeros((0, 32, 32, 3), np.float32)
+    with self.assertRaises((ValueError, tf.errors.InvalidArgumentError)):
+      tf.function(lambda x: f_b(x, training=False))(empty)
+    layer = AdversarialTransform(f_b, steps=1, seed=0)
+    any_batch = tf.function(
+        layer, input_signature=[tf.TensorSpec((None, 32, 32, 3), tf.float32)])
+    for run in (layer, tf.function(layer), any_batch):
+      out = run(empty)
+      self.assertEqual((tuple(out.shape), out.dtype), ((0, 32, 32, 3), tf.float32))
+    # The function traced for any batch size still transforms real batches.
+    x = np.full((2, 32, 32, 3), 0.5, np.float32)
+    self.assertGreater(float(tf.reduce_max(tf.abs(any_batch(x) - x))), 0.0)
+    half = AdversarialTransform(f_b, steps=1, seed=0, dtype="mixed_float16")
+    self.assertEqual(half(empty).dtype, tf.float16)
+
+  def test_empty_batch_in_a_model(self):
+    f_b = adv_layer.models.small_vgg(width=0.125, seed=0)
+    inputs = keras.Input((32, 32, 3))
+    transformed = AdversarialTransform(f_b, steps=1, seed=0)(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(10)(
+        keras.layers.Flatten()(transformed)))
+    empty = np.zeros((0, 32, 32, 3), np.float32)
+    self.assertEqual(model(empty).shape, (0, 10))
+    self.assertEqual(model.predict_on_batch(empty).shape, (0, 10))
+    # model.predict(0 images) fails inside Keras' own loop for any model
+    # (Keras 3.15: UnboundLocalError 'batch_outputs'), before any layer runs.
+
+
 class BadInputTest(tf.test.TestCase, parameterized.TestCase):
   """Bad input raises a clear error naming the argument and its value."""
 
@@ -519,6 +618,42 @@ class BadInputTest(tf.test.TestCase, parameterized.TestCase):
     f_b = make_f_b()
     with self.assertRaisesRegex(ValueError, f"must return logits.*Received: f_b='{f_b.name}'"):
       AdversarialTransform(f_b)
+
+  @parameterized.named_parameters(
+      ("nested_softmax_model", lambda: keras.Sequential(
+          [keras.Input(SHAPE), keras.layers.Flatten(),
+           keras.Sequential([keras.layers.Dense(3), keras.layers.Softmax()])],
+          name="probs")),
+      ("ops_softmax", lambda: functional_head(keras.ops.softmax)),
+      ("lambda_softmax", lambda: keras.Sequential(
+          [keras.Input(SHAPE), keras.layers.Flatten(), keras.layers.Dense(3),
+           keras.layers.Lambda(keras.ops.softmax)], name="probs")),
+      ("sigmoid_dense", lambda: tiny_f_b(activation="sigmoid")),
+      ("sigmoid_activation", lambda: keras.Sequential(
+          [keras.Input(SHAPE), keras.layers.Flatten(), keras.layers.Dense(3),
+           keras.layers.Activation("sigmoid")], name="probs")),
+      ("subclassed_softmax", lambda: SoftmaxSubclass.built_one()),
+  )
+  def test_f_b_returning_probabilities_found_by_the_output_probe(self, make_f_b):
+    f_b = make_f_b()
+    # The last-layer check alone lets each of these through.
+    self.assertFalse(adv_layer.layer.ends_in_softmax(f_b))
+    with self.assertRaisesRegex(
+        ValueError, f"must return logits.*look like probabilities.*drop the "
+        f"final activation.*Received: f_b='{f_b.name}'"):
+      # A subclassed f_b has no input shape: the probe runs at build time.
+      AdversarialTransform(f_b)(tiny_data()[0])
+
+  def test_probe_accepts_logits_models_and_constant_outputs(self):
+    zero_f_b = keras.Sequential([
+        keras.Input(SHAPE), keras.layers.Flatten(),
+        keras.layers.Dense(3, kernel_initializer="zeros")])  # All 0: constant.
+    large_f_b = keras.Sequential([
+        keras.Input(SHAPE), keras.layers.Flatten(),
+        keras.layers.Dense(3, kernel_initializer="ones")])  # Up to 16: not in [0, 1].
+    for f_b in (tiny_f_b(), tiny_f_b(seed=5), zero_f_b, large_f_b):
+      layer = AdversarialTransform(f_b, steps=1, seed=0)
+      self.assertEqual(layer(tiny_data()[0]).shape, (8,) + SHAPE)
 
   def test_f_b_not_a_model(self):
     with self.assertRaisesRegex(ValueError, "Received: f_b=<Dense"):

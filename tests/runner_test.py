@@ -42,6 +42,15 @@ DRAWS, UNIT_SIZE, IMAGES = 2, 4, 8
 UNITS = 2 * (1 + len(ATTACKS))
 
 
+def run_eval(target, x, y, attacks, report_dir, budget, seed=0, draws=DRAWS,
+             unit_size=UNIT_SIZE, num_shards=1, shard_index=0, **kwargs):
+  """Plans an evaluation and runs one shard of it (`runner.run`)."""
+  plan = runner.make_plan(target, x, y, attacks, budget, seed, draws,
+                          unit_size)
+  return runner.run(plan, target, x, y, report_dir,
+                    runner.Shard(num_shards, shard_index), **kwargs)
+
+
 def tiny_defended():
   """f_a(g(x)) with dense f_b and f_a and 2 LL-PGD steps."""
   f_b = attack_properties.tiny_model(seed=1)
@@ -126,9 +135,9 @@ class RunnerTest(tf.test.TestCase):
 
   @classmethod
   def evaluate(cls, report_dir, model=None, **changes):
-    return runner.run(suite.Target(model) if model else cls.target, cls.x,
-                      cls.y, ATTACKS, report_dir, BUDGET, seed=0, draws=DRAWS,
-                      unit_size=UNIT_SIZE, **changes)
+    return run_eval(suite.Target(model) if model else cls.target, cls.x,
+                    cls.y, ATTACKS, report_dir, BUDGET, seed=0, draws=DRAWS,
+                    unit_size=UNIT_SIZE, **changes)
 
   def assert_same_result(self, a, b):
     """Every figure, per-example result, image, seed and count agrees."""
@@ -261,19 +270,19 @@ class RunnerTest(tf.test.TestCase):
 
   def test_changed_budget_is_refused(self):
     with self.assertRaisesRegex(ValueError, "another evaluation.*budget"):
-      runner.run(self.target, self.x, self.y, ATTACKS, self.dirs["single"],
+      run_eval(self.target, self.x, self.y, ATTACKS, self.dirs["single"],
                  suite.Budget(steps=4, eot_samples=2), draws=DRAWS,
                  unit_size=UNIT_SIZE)
     with self.assertRaisesRegex(ValueError, "another evaluation.*draws"):
-      runner.run(self.target, self.x, self.y, ATTACKS, self.dirs["single"],
+      run_eval(self.target, self.x, self.y, ATTACKS, self.dirs["single"],
                  BUDGET, draws=DRAWS + 1, unit_size=UNIT_SIZE)
 
   def test_a_field_no_recorded_attack_uses_may_change(self):
     folder = os.path.join(self.folder, "gradient_first")
-    first = runner.run(self.target, self.x, self.y, ATTACKS[:1], folder,
+    first = run_eval(self.target, self.x, self.y, ATTACKS[:1], folder,
                        BUDGET, draws=DRAWS, unit_size=UNIT_SIZE)
     more = dataclasses.replace(BUDGET, queries=BUDGET.queries + 2)
-    grown = runner.run(self.target, self.x, self.y, ATTACKS, folder, more,
+    grown = run_eval(self.target, self.x, self.y, ATTACKS, folder, more,
                        draws=DRAWS, unit_size=UNIT_SIZE)
     self.assertCountEqual(grown.reused, first.ran)
     self.assertEqual([k.split(".")[0] for k in grown.ran], ["square"] * 2)
@@ -285,7 +294,7 @@ class RunnerTest(tf.test.TestCase):
                         self.single.suite_result.results[0].score.correct)
     # Square is recorded now: its queries may no longer change.
     with self.assertRaisesRegex(ValueError, "budget.queries: 12 -> 10"):
-      runner.run(self.target, self.x, self.y, ATTACKS, folder, BUDGET,
+      run_eval(self.target, self.x, self.y, ATTACKS, folder, BUDGET,
                  draws=DRAWS, unit_size=UNIT_SIZE)
 
   def test_a_plan_of_the_earlier_key_scheme_is_refused(self):
@@ -296,13 +305,13 @@ class RunnerTest(tf.test.TestCase):
   def test_dropped_attack_is_refused(self):
     with self.assertRaisesRegex(ValueError,
                                 "another evaluation.*dropped.*square"):
-      runner.run(self.target, self.x, self.y, ATTACKS[:1], self.dirs["single"],
+      run_eval(self.target, self.x, self.y, ATTACKS[:1], self.dirs["single"],
                  BUDGET, draws=DRAWS, unit_size=UNIT_SIZE)
 
   def test_added_attack_keeps_the_finished_units(self):
     folder = os.path.join(self.folder, "extended")
     shutil.copytree(self.dirs["single"], folder)
-    extended = runner.run(self.target, self.x, self.y,
+    extended = run_eval(self.target, self.x, self.y,
                           ATTACKS + ["pgd_restarts_bpda_identity"], folder,
                           BUDGET, draws=DRAWS, unit_size=UNIT_SIZE)
     self.assertCountEqual(extended.reused, self.first.ran)
@@ -391,14 +400,15 @@ class RunnerTest(tf.test.TestCase):
     self.assertEqual(entry["attacks"], ATTACKS)
     self.assertEqual(entry["budget"]["steps"], 3)
     self.assertEqual(entry["verdict"], suite.COMPLETE)
-    self.assertLen(entry["sanity_flags"], 3)
+    self.assertLen(entry["sanity_flags"], 4)
     self.assertEqual(entry["unreliable"],
                      any(f["status"] == "FLAG" for f in entry["sanity_flags"]))
 
   def test_dry_run_counts_the_passes_of_the_run(self):
     probed = []
-    estimate = runner.estimate_cost(self.target, self.x, self.y, ATTACKS,
-                                    BUDGET, draws=DRAWS, unit_size=UNIT_SIZE,
+    plan = runner.make_plan(self.target, self.x, self.y, ATTACKS, BUDGET,
+                            draws=DRAWS, unit_size=UNIT_SIZE)
+    estimate = runner.estimate_cost(plan, self.target, self.x, self.y,
                                     shards=(1, 2), progress=probed.append)
     rows = {row["attack"]: row for row in estimate.rows}
     self.assertEqual(list(rows), [runner.CLEAN] + ATTACKS)

@@ -1,5 +1,7 @@
 """Tests of attacks.scoring: mean and strict accuracy over draws, seeding."""
 
+import json
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -28,6 +30,22 @@ class ScriptedModel:
     labels = self.script[self.calls % len(self.script)][:images.shape[0]]
     self.calls += 1
     return tf.one_hot(labels, self.classes)
+
+
+class NanModel:
+  """`linear_model`'s logits, NaN (or inf) on the images listed in `bad`."""
+
+  def __init__(self, bad=None, value=np.nan):
+    self.model = linear_model()
+    self.bad = bad
+    self.value = value
+
+  def __call__(self, images):
+    logits = self.model(images).numpy()
+    rows = np.arange(len(logits)) if self.bad is None else self.bad
+    rows = [r for r in rows if r < len(logits)]
+    logits[rows, 0] = self.value
+    return tf.constant(logits)
 
 
 def defended_model(seed=0):
@@ -140,6 +158,60 @@ class ScoreIntervalsTest(tf.test.TestCase):
   def test_default_is_twenty_draws(self):
     s = scoring.score(linear_model(), np.array([[0.9, 0.1]], np.float32), [0])
     self.assertEqual(s.draws, 20)
+
+
+class NonFiniteOutputTest(tf.test.TestCase):
+  """A non-finite output is never a correct prediction, and is counted."""
+
+  def test_predict_labels_gives_minus_one_for_a_non_finite_row(self):
+    x = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]], np.float32)
+    for value in (np.nan, np.inf, -np.inf):
+      labels = scoring.predict_labels(NanModel(bad=[1], value=value), x)
+      self.assertAllEqual(labels, [0, -1, 0])
+
+  def test_an_all_nan_model_scores_zero_and_reports_the_count(self):
+    # Every label is 0, which argmax of an all-NaN row used to predict.
+    model = lambda images: tf.fill((images.shape[0], 3), np.nan)
+    s = scoring.score(model, np.zeros((4, 2), np.float32), [0] * 4, draws=3)
+    self.assertEqual((s.mean_accuracy, s.strict_accuracy), (0.0, 0.0))
+    self.assertEqual(s.nonfinite, 12)
+    self.assertAllEqual(s.nonfinite_pairs, np.ones((3, 4), bool))
+    self.assertEqual(s.to_dict()["nonfinite_outputs"], 12)
+
+  def test_nan_on_some_images_makes_only_those_wrong(self):
+    x = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]], np.float32)
+    y = [0, 1, 0, 1]  # linear_model gets all four right.
+    s = scoring.score(NanModel(bad=[0, 3]), x, y, draws=2, batch_size=3)
+    self.assertAllEqual(s.robust, [False, True, True, False])
+    self.assertEqual((s.mean_accuracy, s.strict_accuracy), (0.5, 0.5))
+    self.assertEqual(s.nonfinite, 4)
+    head = scoring.first_images(s, 2)
+    self.assertEqual(head.nonfinite, 2)
+    self.assertEqual(head.to_dict()["nonfinite_outputs"], 2)
+
+  def test_finite_models_keep_their_exact_figures_and_report(self):
+    x = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]], np.float32)
+    s = scoring.score(linear_model(), x, [0, 1, 1, 1], draws=5, seed=0)
+    self.assertEqual(s.nonfinite, 0)
+    self.assertIsNone(s.nonfinite_pairs)
+    # Byte for byte the report written before non-finite outputs counted.
+    self.assertEqual(json.dumps(s.to_dict()), (
+        '{"mean_accuracy": 0.75, "mean_accuracy_ci95": [0.19412044968324346, '
+        '0.9936905367902902], "strict_accuracy": 0.75, "strict_accuracy_ci95": '
+        '[0.19412044968324346, 0.9936905367902902], "draws": 5, '
+        '"scoring_seed": 0, "robust": [1, 1, 0, 1], "per_example_mean": '
+        '[1.0, 1.0, 0.0, 1.0]}'))
+
+  def test_score_labels_takes_minus_one_and_a_nonfinite_mask(self):
+    s = scoring.score_labels([[0, -1], [-1, 1]], [0, 1],
+                             nonfinite=[[False, True], [True, False]])
+    self.assertAllEqual(s.correct, [[True, False], [False, True]])
+    self.assertEqual((s.mean_accuracy, s.nonfinite), (0.5, 2))
+    # A mask marks a pair wrong even where its label happens to match.
+    s = scoring.score_labels([[0, 1]], [0, 1], nonfinite=[[True, False]])
+    self.assertAllEqual(s.correct, [[False, True]])
+    with self.assertRaisesRegex(ValueError, r"Received: nonfinite.shape=\(2,\)"):
+      scoring.score_labels([[0, 1]], [0, 1], nonfinite=[True, False])
 
 
 class ScoreTest(tf.test.TestCase):

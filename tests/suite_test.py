@@ -5,6 +5,7 @@ import numpy as np
 import tensorflow as tf
 
 import adv_layer
+from attacks import registry
 from attacks import scoring
 from attacks import suite
 from tests import attack_properties
@@ -162,22 +163,22 @@ class RegistryTest(tf.test.TestCase):
 
   def test_budget_helpers(self):
     budget = suite.Budget(steps=10, queries=1000)
-    self.assertEqual(suite.spsa_samples(budget), 98)  # 1 + 10 * 99 <= 1000.
-    self.assertEqual(suite.genattack_generations(budget), 166)
+    self.assertEqual(registry.spsa_samples(budget), 98)  # 1 + 10 * 99 <= 1000.
+    self.assertEqual(registry.genattack_generations(budget), 166)
     # Cost of iteration t: 100 sqrt(t) + 25. 125 + 166.4 + 198.2 + 225 + 248.6
     # = 963.2 <= 1000; a sixth (269.9) would exceed the budget.
-    self.assertEqual(suite.hsj_iterations(budget), 5)
+    self.assertEqual(registry.hsj_iterations(budget), 5)
 
   def test_budget_helpers_pay_for_query_draws(self):
     budget = suite.Budget(steps=10, queries=1000)
     # Scores: 11 points x 4 draws x 2 (fresh re-scores) = 88; (1000 - 88) / 10
     # = 91.2 -> 90 (even).
-    self.assertEqual(suite.spsa_samples(budget, query_draws=4), 90)
+    self.assertEqual(registry.spsa_samples(budget, query_draws=4), 90)
     # (6 + 1) x 4 queries per generation: 1000 // 28 = 35.
-    self.assertEqual(suite.genattack_generations(budget, query_draws=4), 35)
+    self.assertEqual(registry.genattack_generations(budget, query_draws=4), 35)
     # Cost of iteration t: 100 sqrt(t) + 25 x 4. 200 + 241.4 + 273.2 = 714.6;
     # a fourth (300) would exceed the budget.
-    self.assertEqual(suite.hsj_iterations(budget, query_draws=4), 3)
+    self.assertEqual(registry.hsj_iterations(budget, query_draws=4), 3)
 
   def test_bad_budget_raises(self):
     with self.assertRaisesRegex(ValueError, "queries"):
@@ -375,15 +376,26 @@ class EveryAttackTest(tf.test.TestCase):
         return getattr(self.budget, name)
 
     x, y = attack_properties.tiny_batch(batch=4, classes=4)
-    target = suite.Target(
+    defended = suite.Target(
         tiny_defended(),
         surrogate=attack_properties.tiny_model(seed=3, classes=4),
         train_images=attack_properties.tiny_batch(seed=1, batch=64)[0],
         adversarial_surrogate=attack_properties.tiny_model(seed=4, classes=4))
     budget = suite.Budget(steps=2, eot_samples=2, queries=12, query_draws=2)
+    # The plain-gradient comparison runs on a model with a BPDA-wrapped layer.
+    wrapped = suite.Target(keras.Sequential(
+        [keras.Input((4, 4, 1)), keras.layers.Rescaling(1.0, name="front"),
+         keras.layers.Flatten(), keras.layers.Dense(4)]), bpda_layers=["front"])
     for name, spec in suite.REGISTRY.items():
+      target = wrapped if spec.needs_bpda else defended
+      # What the attack runs with (`derive`) reads its declared fields.
       recording = Recording(budget)
-      spec.build(target, tf.constant(x), tf.constant(y), recording, 0)
+      derived = spec.derive(recording, target)
+      self.assertEqual(recording.read, set(spec.fields), name)
+      self.assertContainsSubset(spec.fields, derived, name)
+      # The builder reads nothing else.
+      recording = Recording(budget)
+      spec.build(target, tf.constant(x), tf.constant(y), recording, 0,
+                 derived)
       self.assertContainsSubset(
           recording.read, set(spec.fields) | set(suite.ALWAYS_USED), name)
-      self.assertContainsSubset(spec.fields, recording.read, name)

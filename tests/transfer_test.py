@@ -7,6 +7,7 @@ import tensorflow as tf
 from adv_layer.layer import AdversarialTransform
 from adv_layer.layer import find_transforms
 from attacks import pgd
+from attacks import surrogates
 from attacks import transfer
 from tests import attack_properties
 from tests.reparam_test import tiny_defended_model
@@ -225,18 +226,18 @@ class SurrogateTest(tf.test.TestCase):
   def surrogate(self, **kwargs):
     settings = dict(epochs=5, batch_size=32, augment=False, seed=0)
     settings.update(kwargs)
-    return transfer.surrogate_from_defended(self.model, *self.train, **settings)
+    return surrogates.surrogate_from_defended(self.model, *self.train, **settings)
 
   def test_fresh_classifier_is_f_a_architecture_with_new_weights(self):
-    copy = transfer.fresh_classifier(self.model, seed=0)
+    copy = surrogates.fresh_classifier(self.model, seed=0)
     self.assertEmpty(find_transforms(copy))
     self.assertEqual([w.shape for w in copy.get_weights()],
                      [w.shape for w in self.f_a.get_weights()])
     self.assertNotAllClose(copy.get_weights()[0], self.f_a.get_weights()[0])
-    again = transfer.fresh_classifier(self.model, seed=0)
+    again = surrogates.fresh_classifier(self.model, seed=0)
     for a, b in zip(copy.get_weights(), again.get_weights()):
       self.assertAllEqual(a, b)
-    other = transfer.fresh_classifier(self.model, seed=1)
+    other = surrogates.fresh_classifier(self.model, seed=1)
     self.assertNotAllClose(copy.get_weights()[0], other.get_weights()[0])
     # Untrained but the same function class: identity in place of g.
     x = self.images[:4]
@@ -252,7 +253,7 @@ class SurrogateTest(tf.test.TestCase):
         return inputs
 
     with self.assertRaisesRegex(ValueError, "Sequential or functional"):
-      transfer.fresh_classifier(Subclassed())
+      surrogates.fresh_classifier(Subclassed())
 
   def test_clean_surrogate_learns_and_its_attack_transfers(self):
     surrogate = self.surrogate()
@@ -282,29 +283,39 @@ class SurrogateTest(tf.test.TestCase):
     self.assertGreater(accuracy(surrogate, *self.test), 0.6)  # Measured 0.86.
 
   def test_builder_architecture(self):
-    surrogate = transfer.train_surrogate(
+    surrogate = surrogates.train_surrogate(
         lambda seed: attack_properties.tiny_model(seed=seed % 1000), *self.train,
         epochs=1, batch_size=32, augment=False, seed=0)
     self.assertEqual(surrogate(self.images[:2]).shape, (2, 3))
 
   def test_surrogate_settings_follow_the_training_presets(self):
-    clean = transfer.surrogate_settings("cpu")
+    clean = surrogates.surrogate_settings("cpu")
     self.assertEqual(clean["train_examples"], 30_000)
     self.assertEqual((clean["epochs"], clean["lr_drop_epoch"]), (2, 1))
     self.assertFalse(clean["adversarial"])
-    adversarial = transfer.surrogate_settings("paper", adversarial=True)
+    adversarial = surrogates.surrogate_settings("paper", adversarial=True)
     self.assertEqual((adversarial["epochs"], adversarial["steps"]), (80, 7))
     self.assertAllClose(adversarial["epsilon"], 8 / 255)
     with self.assertRaisesRegex(ValueError, "preset"):
-      transfer.surrogate_settings("huge")
+      surrogates.surrogate_settings("huge")
+
+  def test_dropped_layers_become_identities(self):
+    # A preprocessing defense's masked layer is left out of its surrogate.
+    rounding = keras.layers.Rescaling(1.0, name="rounding")
+    model = keras.Sequential([keras.Input((4, 4, 1)), rounding,
+                              keras.layers.Flatten(), keras.layers.Dense(3)])
+    fresh = surrogates.fresh_classifier(model, seed=0, drop=["rounding"])
+    self.assertIsInstance(fresh.layers[0], keras.layers.Identity)
+    self.assertEqual(fresh.layers[0].name, "rounding")
+    self.assertNotIsInstance(
+        surrogates.fresh_classifier(model, seed=0).layers[0],
+        keras.layers.Identity)
 
   def test_bad_arguments_raise(self):
-    with self.assertRaisesRegex(ValueError, "AdversarialTransform"):
-      transfer.surrogate_from_defended(self.f_a, *self.train)
     with self.assertRaisesRegex(ValueError, "Received: epochs=0"):
       self.surrogate(epochs=0)
     with self.assertRaisesRegex(ValueError, "train_labels"):
-      transfer.train_surrogate(self.f_a, self.train[0], self.train[1][:5])
+      surrogates.train_surrogate(self.f_a, self.train[0], self.train[1][:5])
 
 
 if __name__ == "__main__":

@@ -288,19 +288,13 @@ class RandomStartTest(tf.test.TestCase):
     self.assertAllEqual(
         reference, self.run_g(random_start=False, seed=keras.random.SeedGenerator(2)))
 
-  def test_random_start_is_uniform_in_the_ball(self):
-    # 64 images of 8x8 pixels at 0.5, 25 draws: n = 102,400 values of δ, in the
-    # interior of [0, 1] so neither the ball nor the range clips them.
-    f_b = zero_f_b()
-    x = np.full((64, 8, 8, 1), 0.5, np.float32)
-    generator = keras.random.SeedGenerator(0)
-    delta = np.concatenate(
-        [random_start_of(f_b, x, seed=generator).ravel() for _ in range(25)])
+  def assert_uniform_in_ball(self, delta, a):
+    """δ looks like i.i.d. draws of U[−a, a]: range, moments, KS, correlation."""
+    delta = np.asarray(delta, np.float64).ravel()
     n = delta.size
-    self.assertGreaterEqual(delta.min(), -0.2 - 1e-7)
-    self.assertLessEqual(delta.max(), 0.2 + 1e-7)
+    self.assertGreaterEqual(delta.min(), -a - 1e-7)
+    self.assertLessEqual(delta.max(), a + 1e-7)
     # U[−a, a]: mean 0, sd a/√3, Var(δ²) = 4a⁴/45. Five standard errors.
-    a = 0.2
     self.assertLess(abs(delta.mean()), 5 * a / np.sqrt(3) / np.sqrt(n))
     self.assertLess(abs(np.mean(delta**2) - a * a / 3),
                     5 * np.sqrt(4 * a**4 / 45) / np.sqrt(n))
@@ -313,11 +307,43 @@ class RandomStartTest(tf.test.TestCase):
     # Neighbouring pixels are independent: correlation within 5/√n of 0.
     self.assertLess(abs(np.corrcoef(delta[:-1], delta[1:])[0, 1]), 5 / np.sqrt(n))
 
-  def test_random_target_is_uniform_over_other_classes(self):
+  def test_random_start_is_uniform_in_the_ball(self):
+    # 64 images of 8x8 pixels at 0.5, 25 draws: n = 102,400 values of δ, in the
+    # interior of [0, 1] so neither the ball nor the range clips them.
+    f_b = zero_f_b()
+    x = np.full((64, 8, 8, 1), 0.5, np.float32)
+    generator = keras.random.SeedGenerator(0)
+    delta = np.concatenate(
+        [random_start_of(f_b, x, seed=generator).ravel() for _ in range(25)])
+    self.assert_uniform_in_ball(delta, 0.2)
+
+  def test_unseeded_random_start_is_uniform_in_the_ball(self):
+    # The public default (seed=None) draws from TensorFlow's stateful RNG,
+    # another code path than the seeded one: the same checks on it. The
+    # global seed only makes the test repeat; the draws stay unseeded ones.
+    keras.utils.set_random_seed(0)
+    f_b = zero_f_b()
+    x = np.full((64, 8, 8, 1), 0.5, np.float32)
+    draws = [random_start_of(f_b, x) for _ in range(25)]
+    self.assertNotAllEqual(draws[0], draws[1])  # A fresh draw per call.
+    self.assert_uniform_in_ball(np.concatenate([d.ravel() for d in draws]), 0.2)
+    # Inside a tf.function (the layer's and the attacks' path) as well.
+    run = tf.function(lambda images: transform.ll_pgd(
+        f_b, images, epsilon=0.2, steps=1) - images)
+    self.assert_uniform_in_ball(
+        np.concatenate([run(x).numpy().ravel() for _ in range(25)]), 0.2)
+
+  def test_unseeded_uniform_noise_is_uniform(self):
+    keras.utils.set_random_seed(0)
+    first, second = (transform.uniform_noise((320, 320), 0.3).numpy()
+                     for _ in range(2))
+    self.assertNotAllEqual(first, second)
+    self.assert_uniform_in_ball(first, 0.3)  # n = 102,400.
+
+  def assert_uniform_over_other_classes(self, seed):
     # Logits with predicted class 2 of 5: the target is uniform on {0, 1, 3, 4}.
     logits = tf.tile(tf.constant([[0.0, 1.0, 4.0, 2.0, 3.0]]), [20000, 1])
-    labels, direction = transform.target_labels(
-        logits, "random", keras.random.SeedGenerator(0))
+    labels, direction = transform.target_labels(logits, "random", seed)
     counts = np.bincount(labels.numpy(), minlength=5)
     self.assertEqual(direction, -1.0)
     self.assertEqual(counts[2], 0)
@@ -325,6 +351,13 @@ class RandomStartTest(tf.test.TestCase):
     expected = 20000 / 4
     self.assertAllLess(np.abs(counts[[0, 1, 3, 4]] - expected),
                        5 * np.sqrt(20000 * 0.25 * 0.75))
+
+  def test_random_target_is_uniform_over_other_classes(self):
+    self.assert_uniform_over_other_classes(keras.random.SeedGenerator(0))
+
+  def test_unseeded_random_target_is_uniform_over_other_classes(self):
+    keras.utils.set_random_seed(0)
+    self.assert_uniform_over_other_classes(None)
 
   def test_least_likely_and_untargeted_labels(self):
     logits = tf.constant([[0.0, 1.0, 4.0], [3.0, -1.0, 2.0]])

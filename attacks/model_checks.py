@@ -1,0 +1,160 @@
+"""What an evaluation finds about a model before attacking it, and applies.
+
+`check_model` asks three questions of any Keras model (the checks of
+AutoAttack's `checks.py`, acted on rather than warned about):
+
+- Is it random? Two inference passes on the same images disagree
+  (`attacks.detect.is_randomized`), or the user says so.
+- Does a seeded pass repeat? (`attacks.detect.replay_is_exact`): replay of
+  a recorded result is exact only then, and the report says which.
+- Which layers mask their input gradient (None, zero, not finite;
+  `attacks.detect.masked_layers`, probed layer by layer when the whole
+  model's input gradient is one of those, `whole_gradient`; a layer masked
+  on one branch while another branch carries the gradient is not found
+  then: name it)? Those whose output has their input's shape are wrapped with identity BPDA for the white-box attacks
+  (`attacks.bpda`, Athalye et al. 2018) unless the user turns it off or
+  names the layers.
+
+The answers (`ModelChecks`) go into the `Target` and the report.
+"""
+
+import contextlib
+import dataclasses
+
+from adv_layer.layer import find_transforms
+from attacks import bpda as bpda_lib
+from attacks import detect
+from attacks import estimators
+
+__all__ = [
+    "BPDA_MODES", "ModelChecks", "RANDOMIZED", "check_model", "check_modes",
+    "whole_gradient"
+]
+
+RANDOMIZED = ("auto", "yes", "no")
+BPDA_MODES = ("auto", "off")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelChecks:
+  """What the evaluation found about the model, and what it applied.
+
+  Attributes:
+    randomized: whether the model is treated as random.
+    randomized_why: how that was decided.
+    replay_exact: whether seeded passes repeat bit for bit.
+    replay_why: how that was decided.
+    masked_layers: dict layer path -> reason ("none", "zero", "nonfinite")
+      of the layers with masked input gradients.
+    bpda_layers: dict layer path -> why it is wrapped with identity BPDA.
+    notes: further lines for the report.
+  """
+  randomized: bool
+  randomized_why: str
+  replay_exact: bool
+  replay_why: str
+  masked_layers: dict
+  bpda_layers: dict
+  notes: tuple = ()
+
+  def to_dict(self):
+    record = dataclasses.asdict(self)
+    record["notes"] = list(self.notes)
+    return record
+
+
+_REASONS = {"none": "input gradient None", "zero": "input gradient zero",
+            "nonfinite": "input gradient not finite"}
+
+
+def check_modes(randomized, bpda):
+  """Raises ValueError for a `randomized` or `bpda` setting it does not know."""
+  if randomized not in RANDOMIZED:
+    raise ValueError(f"`randomized` must be one of {RANDOMIZED}. Received: "
+                     f"randomized={randomized!r}")
+  if isinstance(bpda, str) and bpda not in BPDA_MODES:
+    raise ValueError("`bpda` must be 'auto', 'off' or a list of layer "
+                     f"names. Received: bpda={bpda!r}")
+
+
+def whole_gradient(model, x, seed=0):
+  """The model's input gradient status (`attacks.detect`), transforms BPDA-I.
+
+  An `AdversarialTransform` has no gradient path by design (its attacks
+  use `attacks.estimators`), so it is replaced by the identity here (its
+  loop does not run); any other None, zero or non-finite gradient is the
+  model's.
+  """
+  view = (estimators.substitute_transform(model, lambda layer, x: x)
+          if find_transforms(model) else contextlib.nullcontext())
+  with view:
+    return detect.input_gradient_status(model, x, seed=seed)
+
+
+def check_model(model, x, randomized="auto", bpda="auto", seed=0):
+  """Looks at a model before attacking it: randomness, replay, masking.
+
+  Args:
+    model: a Keras model (logits out).
+    x: a few of the evaluation's images (the first 8 are used).
+    randomized: "auto" (two inference passes disagree), "yes" or "no".
+    bpda: "auto" (wrap every masked layer whose output has its input's
+      shape), "off" (wrap none), or a list of layer names to wrap.
+    seed: seed of the probes.
+
+  Returns:
+    A `ModelChecks`.
+
+  Raises:
+    ValueError: for a bad `randomized`/`bpda`, or a named layer that does
+      not exist.
+  """
+  check_modes(randomized, bpda)
+  if randomized == "auto":
+    random = detect.is_randomized(model, x)
+    random_why = ("detected: two inference passes on the same images "
+                  f"{'disagree' if random else 'agree'}")
+  else:
+    random = randomized == "yes"
+    random_why = f"forced (randomized={randomized})"
+  if random:
+    exact = detect.replay_is_exact(model, x, seed=seed)
+    exact_why = ("two seeded passes " + ("agree" if exact else
+                                          "disagree: some draws cannot be "
+                                          "seeded (e.g. stateful tf.random "
+                                          "ops), so a replay is not exact"))
+  else:
+    exact, exact_why = True, "deterministic model"
+  masked = {}
+  if whole_gradient(model, x, seed) != "ok":
+    masked = {m.path: _REASONS[m.reason]
+              for m in detect.masked_layers(model, x, seed=seed)}
+  notes = []
+  if bpda == "off":
+    wrapped = {}
+  elif bpda == "auto":
+    shapes = dict(bpda_lib.layer_paths(model))
+    wrapped = {}
+    for path, why in masked.items():
+      layer = shapes[path]
+      if _keeps_shape(layer):
+        wrapped[path] = why + ", detected"
+      else:
+        notes.append(f"Layer {path} ({why}) changes the shape of its input: "
+                     "identity BPDA does not apply; wrap it with a surrogate "
+                     "(attacks.bpda.bpda(layer, backward=...)).")
+  else:
+    bpda_lib.wrap_layers(model, list(bpda))  # Raises for unknown names.
+    wrapped = {name: masked.get(name, "named by the user") for name in bpda}
+  return ModelChecks(randomized=random, randomized_why=random_why,
+                     replay_exact=exact, replay_why=exact_why,
+                     masked_layers=masked, bpda_layers=wrapped,
+                     notes=tuple(notes))
+
+
+def _keeps_shape(layer):
+  """Whether `layer`'s output has its input's shape (identity BPDA applies)."""
+  try:
+    return tuple(layer.input.shape) == tuple(layer.output.shape)
+  except (AttributeError, ValueError):
+    return False

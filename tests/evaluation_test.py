@@ -1,0 +1,185 @@
+"""Tests of attacks.evaluation: any Keras defense, evaluated from Python.
+
+Tiny models on 4x4x1 images, each labelled with its own clean predictions
+(clean accuracy 100% before any attack): a randomized one (noise at
+inference) gets EOT and R draws without being told; one behind a rounding
+layer (input gradient None) gets identity BPDA, and its attack succeeds
+where the plain-gradient one cannot move; the same model with BPDA turned
+off, or with a zero-gradient layer, is never reported COMPLETE.
+"""
+
+import os
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from attacks import evaluation
+from attacks import model_checks
+from attacks import suite
+from tests import attack_properties
+
+STEP = 1 / 32  # The rounding grid: one step is about epsilon (8/255).
+
+
+@keras.saving.register_keras_serializable(package="evaluation_test")
+class Rounding(keras.layers.Layer):
+  """Rounds to the grid; TensorFlow gives its input gradient as None."""
+
+  def call(self, inputs):
+    return tf.round(inputs / STEP) * STEP
+
+
+@keras.saving.register_keras_serializable(package="evaluation_test")
+class FlatRounding(keras.layers.Layer):
+  """Rounds to the grid with an exactly zero input gradient."""
+
+  def call(self, inputs):
+    return tf.stop_gradient(tf.round(inputs / STEP) * STEP) + 0.0 * inputs
+
+
+@keras.saving.register_keras_serializable(package="evaluation_test")
+class Noise(keras.layers.Layer):
+  """Gaussian noise at inference too, from a seeded generator."""
+
+  def __init__(self, seed=0, **kwargs):
+    super().__init__(**kwargs)
+    self.seed = seed
+    self.generator = keras.random.SeedGenerator(seed)
+
+  def call(self, inputs):
+    return inputs + 0.05 * keras.random.normal(tf.shape(inputs),
+                                               seed=self.generator)
+
+  def get_config(self):
+    return super().get_config() | {"seed": self.seed}
+
+
+def defended(front):
+  """`front` in front of the tiny classifier."""
+  classifier = attack_properties.tiny_model(seed=5, classes=3)
+  return keras.Sequential([keras.Input((4, 4, 1)), front] +
+                          classifier.layers)
+
+
+def own_labels(model, count=8):
+  """Images and the model's own clean predictions (one pinned draw)."""
+  x, _ = attack_properties.tiny_batch(seed=6, batch=count)
+  return x, np.argmax(model(x, training=False), axis=-1).astype(np.int32)
+
+
+def run(model, x, y, attacks, **options):
+  options = dict(dict(draws=3, unit_size=8, eot_curve=(), grid_images=0,
+                      convergence=False, num_classes=3), **options)
+  # A radius of eight grid steps: the tiny classifier's margins need it.
+  budget = suite.Budget(epsilon=8 * STEP, steps=10, eot_samples=4,
+                        queries=20, query_draws=2)
+  return evaluation.evaluate(model, x, y, attacks=attacks, budget=budget,
+                             report_dir=tempfile.mkdtemp(), **options)
+
+
+class RandomizedModelTest(tf.test.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    model = defended(Noise(seed=1))
+    x, y = own_labels(model)
+    cls.result = run(model, x, y, ["apgd_ce_bpda_identity", "square",
+                                   "apgd_ce_expected_bpda_identity"])
+
+  def test_randomness_is_detected_and_stated(self):
+    self.assertTrue(self.result.checks.randomized)
+    self.assertIn("disagree", self.result.checks.randomized_why)
+    self.assertTrue(self.result.checks.replay_exact)
+    self.assertTrue(self.result.report["randomized"])
+
+  def test_eot_query_draws_and_r_as_requested(self):
+    budgets = {row["name"]: row["budget"] for row in self.result.rows}
+    self.assertEqual(budgets["apgd_ce"]["eot_samples"], 4)
+    self.assertEqual(budgets["square"]["query_draws"], 2)
+    self.assertEqual(self.result.suite_result.draws, 3)
+    self.assertEqual(self.result.suite_result.clean.correct.shape, (3, 8))
+
+  def test_expected_output_attack_runs_on_a_randomized_model(self):
+    self.assertIn("apgd_ce_expected", [r["name"] for r in self.result.rows])
+
+  def test_weaker_than_reference_lists_the_random_fields(self):
+    fields = {w["field"] for w in self.result.suite_result.weaker_than_reference}
+    self.assertContainsSubset({"eot_samples", "query_draws", "draws"}, fields)
+
+  def test_budget_line_is_the_budget_that_ran(self):
+    with open(self.result.paths["md"]) as f:
+      text = f.read()
+    self.assertIn("eot_samples=4, queries=20, query_draws=2.", text)
+
+
+class NonDifferentiableModelTest(tf.test.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.model = defended(Rounding(name="rounding"))
+    cls.x, cls.y = own_labels(cls.model)
+    cls.result = run(cls.model, cls.x, cls.y, ["apgd_ce_bpda_identity"])
+
+  def test_the_masked_layer_is_found_and_wrapped(self):
+    checks = self.result.checks
+    self.assertEqual(checks.masked_layers, {"rounding": "input gradient None"})
+    self.assertEqual(list(checks.bpda_layers), ["rounding"])
+    self.assertFalse(checks.randomized)
+    self.assertIn("BPDA (identity backward) applied to: rounding",
+                  open(self.result.paths["md"]).read())
+
+  def test_bpda_attack_succeeds_where_plain_gradients_fail(self):
+    rows = {row["name"]: row for row in self.result.rows}
+    self.assertEqual(list(rows), ["apgd_ce", suite.NO_BPDA_SPEC])
+    self.assertEqual(rows["apgd_ce"]["budget"]["bpda_layers"], ["rounding"])
+    # Without BPDA the gradient is None (read as zero): nothing moves.
+    self.assertEqual(rows[suite.NO_BPDA_SPEC]["strict_accuracy"], 1.0)
+    self.assertLess(rows["apgd_ce"]["strict_accuracy"], 0.5)
+    self.assertNotEqual(self.result.verdict, suite.INCOMPLETE)
+
+  def test_bpda_off_is_suspect(self):
+    result = run(self.model, self.x, self.y, ["apgd_ce_bpda_identity"],
+                 bpda="off")
+    self.assertEqual(result.checks.bpda_layers, {})
+    self.assertEqual(result.verdict, suite.SUSPECT)
+    self.assertIn("zero-or-nan-gradients", result.report["masking_signs"])
+    self.assertEqual(evaluation.exit_status(result), 2)
+
+  def test_zero_gradient_model_without_bpda_is_not_complete(self):
+    model = defended(FlatRounding(name="flat"))
+    x, y = own_labels(model)
+    result = run(model, x, y, ["apgd_ce_bpda_identity", "square"],
+                 bpda="off")
+    self.assertEqual(result.checks.masked_layers,
+                     {"flat": "input gradient zero"})
+    self.assertNotEqual(result.verdict, suite.COMPLETE)
+    self.assertTrue(result.report["verdict"].startswith("SUSPECT"))
+    with open(result.paths["md"]) as f:
+      self.assertIn("Verdict: SUSPECT (gradient masking)", f.read())
+
+
+class EvaluateArgumentsTest(tf.test.TestCase):
+
+  def test_bad_options_raise(self):
+    model = attack_properties.tiny_model()
+    x, y = attack_properties.tiny_batch()
+    with self.assertRaisesRegex(ValueError, "Received: randomized='maybe'"):
+      evaluation.evaluate(model, x, y, budget="smoke", randomized="maybe")
+    with self.assertRaisesRegex(ValueError, "Received: bpda='all'"):
+      evaluation.evaluate(model, x, y, budget="smoke", bpda="all")
+    with self.assertRaisesRegex(TypeError, "unexpected keyword"):
+      evaluation.evaluate(model, x, y, budget="smoke", steps=3)
+
+  def test_a_named_layer_that_does_not_exist_raises(self):
+    model = defended(Rounding(name="rounding"))
+    x, _ = own_labels(model)
+    with self.assertRaisesRegex(ValueError, "nope"):
+      model_checks.check_model(model, x, bpda=["nope"])
+
+
+if __name__ == "__main__":
+  tf.test.main()
