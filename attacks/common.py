@@ -17,7 +17,8 @@ from adv_layer.transform import project
 __all__ = [
     "DEFAULT_MEMORY_BUDGET", "EXPECTATIONS", "activation_bytes",
     "check_images_labels", "check_number", "check_value_range", "ce_loss",
-    "dlr_loss", "eot_chunk_size", "eot_loss_gradient", "margin_loss",
+    "chunk_loss_gradient", "dlr_loss", "eot_chunk_size", "eot_loss_gradient",
+    "margin_loss",
     "model_bytes_per_image", "parse_epsilon", "project", "random_init", "seeds",
     "validate_attack_args"
 ]
@@ -257,7 +258,8 @@ def model_bytes_per_image(model_fn):
 
 
 def eot_loss_gradient(model_fn, x, y, loss_fn, eot_samples=1, chunk_size=None,
-                      expectation="loss", memory_budget=None):
+                      expectation="loss", memory_budget=None,
+                      return_logits=False):
   """Loss and input gradient averaged over `eot_samples` calls of a random model.
 
   Vectorised Expectation over Transformation: the batch is tiled K times and
@@ -289,18 +291,25 @@ def eot_loss_gradient(model_fn, x, y, loss_fn, eot_samples=1, chunk_size=None,
     expectation: one of `EXPECTATIONS`.
     memory_budget: bytes one chunk may hold when `chunk_size` is None; None
       means `DEFAULT_MEMORY_BUDGET`.
+    return_logits: also return the logits of every draw (`expectation="loss"`
+      only).
 
   Returns:
     `(loss, grad)`: per-example loss, shape `(batch,)`, and its gradient,
-    shape of `x`.
+    shape of `x`; with `return_logits`, `(loss, grad, logits)`, the logits of
+    the tiled batch, shape `(eot_samples * batch, classes)`, draw-major (row
+    `k * batch + i` is draw k of image i).
 
   Raises:
     ValueError: for a bad `eot_samples`, `chunk_size`, `expectation` or
-      `memory_budget`.
+      `memory_budget`, or `return_logits` with `expectation="softmax"`.
   """
   check_number("eot_samples", eot_samples, minimum=1, integer=True)
   if expectation not in EXPECTATIONS:
     raise ValueError(f"`expectation` must be one of {EXPECTATIONS}. "
+                     f"Received: expectation={expectation!r}")
+  if return_logits and expectation != "loss":
+    raise ValueError("`return_logits` needs `expectation='loss'`. "
                      f"Received: expectation={expectation!r}")
   total = x.shape[0] * eot_samples
   if chunk_size is None:
@@ -313,20 +322,54 @@ def eot_loss_gradient(model_fn, x, y, loss_fn, eot_samples=1, chunk_size=None,
   batch = tf.shape(x)[0]
   tiled_x = tf.tile(x, [eot_samples] + [1] * (len(x.shape) - 1))
   tiled_y = tf.nest.map_structure(lambda t: tf.tile(t, [eot_samples]), y)
-  losses, grads = [], []
+  losses, grads, logits = [], [], []
   for start in range(0, total, chunk):
     part_x = tiled_x[start:start + chunk]
     part_y = tf.nest.map_structure(lambda t: t[start:start + chunk], tiled_y)
-    with tf.GradientTape(watch_accessed_variables=False) as tape:
-      tape.watch(part_x)
-      loss = loss_fn(model_fn(part_x), part_y)
-      total_loss = tf.reduce_sum(loss)
-    grads.append(tape.gradient(total_loss, part_x))
+    loss, grad, part_logits = chunk_loss_gradient(model_fn, part_x, part_y,
+                                                  loss_fn)
+    grads.append(grad)
     losses.append(loss)
+    logits.append(part_logits)
   loss = tf.reshape(tf.concat(losses, 0), [eot_samples, batch])
   grad = tf.reshape(tf.concat(grads, 0),
                     tf.concat([[eot_samples, batch], tf.shape(x)[1:]], 0))
-  return tf.reduce_mean(loss, 0), tf.reduce_sum(grad, 0) / eot_samples
+  mean_loss = tf.reduce_mean(loss, 0)
+  mean_grad = tf.reduce_sum(grad, 0) / eot_samples
+  if return_logits:
+    return mean_loss, mean_grad, tf.concat(logits, 0)
+  return mean_loss, mean_grad
+
+
+def chunk_loss_gradient(model_fn, x, y, loss_fn):
+  """Per-example loss, its input gradient and the logits of one model call.
+
+  A `model_fn` with a `loss_and_gradient(x, y, loss_fn)` method (e.g.
+  `attacks.estimators.DefendedModelFn`) computes them itself when it can
+  (it returns None when it cannot); otherwise, or inside a `tf.function`,
+  a tape watching only `x` records `loss_fn(model_fn(x), y)`.
+
+  Args:
+    model_fn: images -> logits.
+    x: float32 images (one chunk).
+    y: labels (a tensor or a nest), passed to `loss_fn`.
+    loss_fn: `(logits, y) -> per-example loss`.
+
+  Returns:
+    `(loss, grad, logits)`: the per-example loss, the gradient of its sum
+    with respect to `x`, and the logits `model_fn` returned.
+  """
+  own = getattr(model_fn, "loss_and_gradient", None)
+  if own is not None and not tf.inside_function():
+    result = own(x, y, loss_fn)
+    if result is not None:
+      return result
+  with tf.GradientTape(watch_accessed_variables=False) as tape:
+    tape.watch(x)
+    logits = model_fn(x)
+    loss = loss_fn(logits, y)
+    total_loss = tf.reduce_sum(loss)
+  return loss, tape.gradient(total_loss, x), logits
 
 
 def _expected_output_loss_gradient(model_fn, x, y, loss_fn, eot_samples, images):

@@ -14,6 +14,7 @@ import time
 
 import keras
 
+from attacks import common
 from attacks import plan as plan_lib
 from attacks import suite
 

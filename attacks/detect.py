@@ -72,6 +72,15 @@ def _probe_images(x, probe_images):
   return x[:probe_images]
 
 
+def _float_probe(x, probe_images):
+  """The probe images (`_probe_images`); TypeError unless floating point."""
+  x = _probe_images(x, probe_images)
+  if not x.dtype.is_floating:
+    raise TypeError("`x` must hold float images. "
+                    f"Received: x.dtype={x.dtype.name}")
+  return x
+
+
 def _accepts_training(layer):
   call = getattr(layer, "call", None)
   if call is None:
@@ -320,10 +329,7 @@ def input_gradient_status(model, x, probe_images=4, seed=0):
   Raises:
     TypeError: for images that are not floating point.
   """
-  x = _probe_images(x, probe_images)
-  if not x.dtype.is_floating:
-    raise TypeError("`x` must hold float images. "
-                    f"Received: x.dtype={x.dtype.name}")
+  x = _float_probe(x, probe_images)
   with _probing(model):
     return _gradient_reason(lambda v: _inference_call(model, v), x, seed, 0)
 
@@ -390,10 +396,7 @@ def masked_layers(model, x, probe_images=4, seed=0):
   Raises:
     TypeError: for images that are not floating point.
   """
-  x = _probe_images(x, probe_images)
-  if not x.dtype.is_floating:
-    raise TypeError("`x` must hold float images. "
-                    f"Received: x.dtype={x.dtype.name}")
+  x = _float_probe(x, probe_images)
   found, reported = [], set()
   counter = [0]
 

@@ -57,6 +57,10 @@ import numbers
 
 import keras
 import tensorflow as tf
+# Function call options (the Grappler config of functions called eagerly),
+# per thread: `_without_graph_rewrites`.
+from tensorflow.core.protobuf import config_pb2
+from tensorflow.python.eager import context as tf_context
 
 from adv_layer import transform
 from adv_layer.layer import find_transforms
@@ -75,6 +79,11 @@ ESTIMATORS = ("bpda", "bpda_identity", "unrolled", "exact", "straight_through",
 # through f_b): their memory grows with the number of steps N.
 _LOOP_ESTIMATORS = ("bpda", "unrolled", "straight_through", "bpda_exact_path")
 SIGN_SURROGATES = ("softsign", "tanh")
+# Estimators whose forward is the exact g(x) and whose backward does not read
+# f_b: `DefendedModelFn.loss_and_gradient` may run g first and replay it.
+_REPLAYABLE_ESTIMATORS = ("bpda_identity", "exact")
+# Compiled functions one `DefendedModelFn.loss_and_gradient` keeps at most.
+_MAX_TRACES = 8
 
 
 def surrogate_sign(sign_surrogate="softsign", temperature=1.0):
@@ -412,6 +421,29 @@ def bytes_per_image(model, estimator="bpda", steps=None):
   return total
 
 
+@contextlib.contextmanager
+def _without_graph_rewrites():
+  """Runs the functions called eagerly here without Grappler's rewrites.
+
+  Grappler's arithmetic rewrites reorder floating-point operations, so a
+  compiled copy of an eager computation would not give the same bits; with
+  them off a function runs the eager kernels (the kernel choice is the
+  same), in one graph. The setting is per thread (TensorFlow keeps function
+  call options per thread) and restored on exit; functions are instantiated
+  per setting, so other functions keep theirs.
+  """
+  context = tf_context.context()
+  previous = context.function_call_options
+  config = config_pb2.ConfigProto.FromString(previous.config_proto_serialized)
+  config.graph_options.rewrite_options.disable_meta_optimizer = True
+  context.function_call_options = tf_context.FunctionCallOptions(
+      executor_type=previous.executor_type, config_proto=config)
+  try:
+    yield
+  finally:
+    context.function_call_options = previous
+
+
 def reseed(model_fn, seed):
   """Restarts the random draws of `model_fn` from `seed`, if it has draws.
 
@@ -431,7 +463,9 @@ class DefendedModelFn:
 
   Each call draws a fresh δ for every image of the batch from its own
   `keras.random.SeedGenerator`, so calling it on a batch tiled K times gives
-  K independent draws of g per image (vectorised EOT).
+  K independent draws of g per image (vectorised EOT). EOT gradients
+  (`attacks.common.eot_loss_gradient`) go through `loss_and_gradient`, which
+  gives the same bits faster where it applies.
 
   Args:
     model: a Keras model containing `AdversarialTransform` layers.
@@ -445,6 +479,8 @@ class DefendedModelFn:
     self.estimator = estimator
     self.estimator_kwargs = estimator_kwargs
     self.seed_generator = keras.random.SeedGenerator(seed)
+    # Compiled loss-and-gradient functions of `loss_and_gradient`.
+    self._compiled = {}
     # Fail now, not in the middle of an attack.
     transform_layers(model)
     estimator_fn(estimator, **estimator_kwargs)
@@ -464,6 +500,99 @@ class DefendedModelFn:
     with use_estimator(self.model, self.estimator, seed=self.seed_generator,
                        **self.estimator_kwargs):
       return tf.cast(self.model(images, training=False), tf.float32)
+
+  def loss_and_gradient(self, images, labels, loss_fn):
+    """`loss_fn` of one call, its input gradient and the logits, or None.
+
+    The same values, bit for bit, as a tape around `loss_fn(self(images),
+    labels)` (`attacks.common.chunk_loss_gradient`), computed faster where
+    g's forward is exact and its backward fixed (`"bpda_identity"`,
+    `"exact"`) and the model's only transform reads the model's input: g(x)
+    runs first, as the call would run it (same draw, same compiled loop,
+    same f_b passes counted), then the rest of the model, the loss and the
+    backward pass run as one compiled function that replays that g(x). An
+    eager tape would also compute the gradients of every weight of the
+    model behind g (TensorFlow's convolution gradient computes both), which
+    nobody reads; the function computes only the input gradient. It runs
+    without Grappler's graph rewrites, which would change the floating-point
+    results; its kernels are those of the eager call. One trace per
+    `loss_fn`, label structure and image shape (any batch size), and per
+    wrapper of the model's `call` (a pass counter of `attacks.suite`); past
+    `_MAX_TRACES` of them (e.g. a new `loss_fn` per call) it declines.
+
+    Args:
+      images: float32 images.
+      labels: a tensor or nest of tensors passed to `loss_fn`.
+      loss_fn: `(logits, labels) -> per-example loss`.
+
+    Returns:
+      `(loss, grad, logits)`, or None where this path does not apply (the
+      caller then records `self` on a tape).
+    """
+    layer = self._input_transform()
+    if layer is None or tf.inside_function():
+      return None
+    x = tf.cast(images, tf.float32)
+    noise = _draw_noise(layer, x, self.seed_generator)
+    exact = exact_transform(layer, x, noise, self.estimator_kwargs.get("steps"))
+    key = (loss_fn, self.model.__dict__.get("call"), tuple(x.shape[1:]),
+           repr(tf.nest.map_structure(lambda t: (t.dtype, t.shape[1:]), labels)))
+    step = self._compiled.get(key)
+    if step is None:
+      if len(self._compiled) >= _MAX_TRACES:  # E.g. a new loss_fn per call.
+        return None
+      step = self._compile(loss_fn, x, labels)
+      self._compiled[key] = step
+    with _without_graph_rewrites():
+      return step(x, labels, exact)
+
+  def _input_transform(self):
+    """The model's transform if it is the only one and reads the model input.
+
+    Returns:
+      The `AdversarialTransform`, or None (the estimator differentiates g,
+      or the model's structure does not allow replaying g(x)).
+    """
+    if self.estimator not in _REPLAYABLE_ESTIMATORS:
+      return None
+    layers = transform_layers(self.model)
+    # The model's graph of layer calls (a Sequential keeps a functional one).
+    graph = getattr(self.model, "_functional", None) or self.model
+    nodes = getattr(graph, "_nodes", None)
+    inputs = getattr(graph, "inputs", None)
+    if len(layers) != 1 or nodes is None or not inputs or len(inputs) != 1:
+      return None
+    # Keras keys a node of the graph by its layer's id and its call index.
+    own_nodes = layers[0]._inbound_nodes  # pylint: disable=protected-access
+    calls = [node for index, node in enumerate(own_nodes)
+             if f"{id(layers[0])}_ib-{index}" in nodes]
+    # Called once in this model (a layer shared with another model has nodes
+    # there too, not in `_nodes`), on the model's input itself.
+    if (len(calls) != 1 or len(calls[0].input_tensors) != 1 or
+        calls[0].input_tensors[0] is not inputs[0]):
+      return None
+    return layers[0]
+
+  def _compile(self, loss_fn, x, labels):
+    """The compiled `(images, labels, g(images)) -> (loss, grad, logits)`."""
+    backward = ((lambda upstream: upstream) if self.estimator == "bpda_identity"
+                else tf.zeros_like)
+
+    def step(images, labels, exact):
+      replay = lambda unused_layer, inputs: _attach(exact, inputs, backward)
+      with substitute_transform(self.model, replay):
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+          tape.watch(images)
+          logits = tf.cast(self.model(images, training=False), tf.float32)
+          loss = loss_fn(logits, labels)
+          total_loss = tf.reduce_sum(loss)
+      return loss, tape.gradient(total_loss, images), logits
+
+    image_spec = tf.TensorSpec([None] + list(x.shape[1:]), tf.float32)
+    label_spec = tf.nest.map_structure(
+        lambda t: tf.TensorSpec([None] + list(t.shape[1:]), t.dtype), labels)
+    return tf.function(step, input_signature=[image_spec, label_spec, image_spec],
+                       autograph=False)
 
 
 def defended_model_fn(model, estimator="bpda", seed=None, **estimator_kwargs):

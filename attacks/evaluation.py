@@ -265,6 +265,7 @@ def report_evaluation(report_dir, target, options, meta, start=None):
   merged = merge.merge(report_dir, allow_incomplete=True)
   suite_result, x, y = merged.suite_result, merged.x, merged.y
   print("Sanity checks (extra attack runs) ...")
+  checks_start = time.perf_counter()
   sanity_images = (None if options.sanity_images is None else
                    min(options.sanity_images, len(x)))
   rerun = execute.stored_rerun(
@@ -279,6 +280,8 @@ def report_evaluation(report_dir, target, options, meta, start=None):
                                  [int(k) for k in options.eot_curve], rerun)
   if curve:
     extras["eot_attack"] = eot_attack
+  print(f"Sanity checks and EOT curve: "
+        f"{time.perf_counter() - checks_start:.1f} s")
   meta = dict(meta)
   if start is not None:
     meta["elapsed_s"] = time.perf_counter() - start

@@ -8,6 +8,8 @@ restarts: misclassified (in the largest fraction of draws) first, then the
 highest loss.
 """
 
+import functools
+
 import tensorflow as tf
 
 from attacks import common
@@ -57,19 +59,38 @@ def loss_gradient(model_fn, x, y, loss_fn, eot_samples=1, chunk_size=None,
     `x`) and the fraction of draws with argmax != y `(batch,)`; with
     `expectation="softmax"`, whether the mean output's argmax != y.
   """
-  wrong = []
-
-  def tracked(logits, labels):
-    wrong.append(tf.not_equal(tf.argmax(logits, -1, output_type=tf.int32), labels[0]))
-    return loss_fn(logits, *labels)
-
   labels = (y,) if y_target is None else (y, y_target)
-  loss, grad = common.eot_loss_gradient(model_fn, x, labels, tracked,
-                                        eot_samples, chunk_size, expectation,
-                                        memory_budget)
-  draws = eot_samples if expectation == "loss" else 1
-  wrong = tf.reshape(tf.cast(tf.concat(wrong, 0), tf.float32), [draws, -1])
+  if expectation == "loss":
+    loss, grad, logits = common.eot_loss_gradient(
+        model_fn, x, labels, _unpacking(loss_fn), eot_samples, chunk_size,
+        expectation, memory_budget, return_logits=True)
+    wrong = tf.not_equal(tf.argmax(logits, -1, output_type=tf.int32),
+                         tf.tile(y, [eot_samples]))
+    draws = eot_samples
+  else:
+    wrong = []
+
+    def tracked(logits, labels):
+      wrong.append(tf.not_equal(tf.argmax(logits, -1, output_type=tf.int32),
+                                labels[0]))
+      return loss_fn(logits, *labels)
+
+    loss, grad = common.eot_loss_gradient(model_fn, x, labels, tracked,
+                                          eot_samples, chunk_size, expectation,
+                                          memory_budget)
+    wrong, draws = tf.concat(wrong, 0), 1
+  wrong = tf.reshape(tf.cast(wrong, tf.float32), [draws, -1])
   return loss, grad, tf.reduce_mean(wrong, 0)
+
+
+@functools.lru_cache(maxsize=64)
+def _unpacking(loss_fn):
+  """`(logits, labels) -> loss_fn(logits, *labels)`, one object per `loss_fn`.
+
+  The same object for the same `loss_fn`, so a model_fn that compiles its
+  loss and gradient (`attacks.estimators.DefendedModelFn`) traces it once.
+  """
+  return lambda logits, labels: loss_fn(logits, *labels)
 
 
 def better(wrong, loss, best_wrong, best_loss):

@@ -38,6 +38,20 @@ DIAGNOSTIC_STEPS = 3
 DIAGNOSTIC_IMAGES = 16
 
 
+def _ce(logits, y):
+  return common.ce_loss(tf.cast(logits, tf.float32), y)
+
+
+def _ce_gradient(model_fn, x, y):
+  """The input gradient of the summed CE loss, one model call (zero if cut).
+
+  Through `common.chunk_loss_gradient`, so a model_fn that computes its own
+  gradient (the compiled path of `attacks.estimators.DefendedModelFn`) does.
+  """
+  _, grad, _ = common.chunk_loss_gradient(model_fn, x, y, _ce)
+  return tf.zeros_like(x) if grad is None else grad
+
+
 def gradient_stats(model_fn, x, y):
   """Counts non-finite values and all-zero per-example gradients of the CE loss.
 
@@ -55,11 +69,7 @@ def gradient_stats(model_fn, x, y):
   """
   x = tf.convert_to_tensor(x, tf.float32)
   y = tf.convert_to_tensor(y, tf.int32)
-  with tf.GradientTape() as tape:
-    tape.watch(x)
-    loss = tf.reduce_sum(common.ce_loss(tf.cast(model_fn(x), tf.float32), y))
-  grad = tape.gradient(loss, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-  grad = np.asarray(grad).reshape(len(x), -1)
+  grad = np.asarray(_ce_gradient(model_fn, x, y)).reshape(len(x), -1)
   finite = np.isfinite(grad)
   return {
       "nonfinite": int(np.sum(~finite)),
@@ -110,13 +120,8 @@ def eot_gradient_diagnostics(model_fn, x, y, samples, steps=DIAGNOSTIC_STEPS,
   figures = {"relative_variance": [], "cosine": []}
   for step in range(steps + 1):
     tiled = tf.tile(x_adv, [samples] + ones)
-    with tf.GradientTape() as tape:
-      tape.watch(tiled)
-      loss = tf.reduce_sum(common.ce_loss(
-          tf.cast(model_fn(tiled), tf.float32), y_tiled))
-    grads = tape.gradient(loss, tiled,
-                          unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    grads = np.asarray(grads).reshape(samples, len(x), -1)
+    grads = np.asarray(_ce_gradient(model_fn, tiled, y_tiled)).reshape(
+        samples, len(x), -1)
     mean = grads.mean(axis=0)
     norm = np.linalg.norm(mean, axis=-1)
     valid = norm > 0

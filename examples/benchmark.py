@@ -22,7 +22,18 @@ Measures, in one run on one machine (DESIGN.md "Performance"; issue 2 Sec. 6):
    f_a(g(x)) with the same f_b, in f_b forward passes per second beside the
    transform's own (14 per image per draw; target >= 0.8 of it: the
    evaluation is bound by the transform, not by Python).
-4. Optionally a bfloat16 inner loop: a copy of f_b under the
+4. Optionally (`--real_model`, off by default) a real evaluation of a
+   published defended model (`adv_layer.zoo`), side by side in one run:
+   (a) g alone (the model's own `AdversarialTransform`, the exact forward the
+   attacks run, on the attack's whole tiled batch), in f_b passes/s;
+   (b) f_a alone (the model behind g), forward and input-gradient backward
+   compiled, in images/s; (c) an EOT attack as the evaluation runs it
+   (`attacks.suite.run_attack`, by default `apgd_ce_bpda_identity`, 5 steps,
+   EOT 4, R 4, 64 images), in f_b passes/s, as a fraction of g's rate and as
+   a fraction of its floor: the time (a) needs for the attack's f_b passes
+   plus the time (b) needs for its model passes, over the attack's time
+   (target >= 0.85 of the floor, >= 0.6 of g's rate).
+5. Optionally a bfloat16 inner loop: a copy of f_b under the
    `mixed_bfloat16` policy runs inside the same float32 LL-PGD loop (only the
    sign of its gradient is used); its speed, the fraction of pixels of g(x)
    equal to the float32 result under the same random start, and the fraction
@@ -37,6 +48,10 @@ Usage (the defaults are the paper's transform settings on CIFAR-10):
   TF_ENABLE_ONEDNN_OPTS=1 TFDS_DATA_DIR=... python examples/benchmark.py
   python examples/benchmark.py --data=random --batch_size=64 --repeats=2 \
       --train_images=256 --json_out=/tmp/bench.json
+  # The real evaluation alone (4 above; CIFAR-10 test images):
+  TFDS_DATA_DIR=... python examples/benchmark.py \
+      --real_model=cifar10/defended_resnet18 --batch_size=0 --attack_images=0 \
+      --train_images=0 --json_out=/tmp/real.json
 """
 
 import os
@@ -61,6 +76,8 @@ from adv_layer import folding
 from adv_layer import models
 from adv_layer import training
 from adv_layer import transform
+from adv_layer import zoo
+from attacks import estimators
 from attacks import suite
 
 FLAGS = flags.FLAGS
@@ -89,6 +106,21 @@ def define_flags():
                        "(0 skips it).")
   flags.DEFINE_integer("attack_eot_samples", 2,
                        "EOT samples of the attack's rate.")
+  flags.DEFINE_string("real_model", "",
+                      "A published defended model (`adv_layer.zoo` name, e.g. "
+                      "cifar10/defended_resnet18) whose real evaluation to "
+                      "time beside g alone and f_a alone; empty skips it.")
+  flags.DEFINE_string("real_attack", "apgd_ce_bpda_identity",
+                      "The suite attack of the real evaluation.")
+  flags.DEFINE_integer("real_images", 64, "Images of the real evaluation "
+                       "(CIFAR-10 test images, or random with --data=random).")
+  flags.DEFINE_integer("real_steps", 5, "Steps of the real evaluation's attack.")
+  flags.DEFINE_integer("real_eot_samples", 4,
+                       "EOT samples of the real evaluation's attack.")
+  flags.DEFINE_integer("real_draws", 4, "R of the real evaluation's scoring.")
+  flags.DEFINE_integer("real_repeats", 1,
+                       "Attack runs of the real evaluation (the best is "
+                       "reported); g and f_a are timed `repeats` times.")
   flags.DEFINE_integer("train_images", 512, "Images per training epoch (0 skips).")
   flags.DEFINE_integer("train_batch_size", 128, "Training batch size.")
   flags.DEFINE_enum("f_a", "small_cnn", ["small_cnn", "resnet18"], "Classifier f_a.")
@@ -139,18 +171,20 @@ def onednn_state():
   return f"{enabled} (TF_ENABLE_ONEDNN_OPTS={setting})"
 
 
-def best_seconds(fn, repeats):
+def best_seconds(fn, repeats, warm_up=True):
   """Runs `fn` once to warm up (tracing), then `repeats` times.
 
   Args:
     fn: a callable with no arguments whose result can be converted with
       `np.asarray` (so the work is finished when the clock stops).
     repeats: timed calls, >= 1.
+    warm_up: make the untimed first call.
 
   Returns:
     The shortest wall time of the timed calls, in seconds.
   """
-  np.asarray(fn())
+  if warm_up:
+    np.asarray(fn())
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
@@ -391,6 +425,147 @@ def attack_rate(f_b, f_a_name, x, epsilon, steps, eot_samples, repeats, seed):
           "eot_samples": int(eot_samples), "seconds": seconds}
 
 
+def classifier_behind(model, layer):
+  """The part of `model` behind its transform `layer` (f_a), as a Keras model.
+
+  Args:
+    model: a functional or Sequential defended model whose input goes through
+      `layer` first.
+    layer: its `AdversarialTransform`.
+
+  Returns:
+    A `keras.Model` from g's output to the model's output (sharing weights).
+  """
+  return keras.Model(layer.output, model.outputs[0])
+
+
+def input_gradient_fn(f_a):
+  """Compiled images -> (logits, ∇ of the summed CE of the predicted class).
+
+  The work of one EOT gradient of the model behind g: a forward pass and an
+  input-gradient backward pass, compiled (no weight gradients).
+  """
+  def run(images):
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+      tape.watch(images)
+      logits = tf.cast(f_a(images, training=False), tf.float32)
+      labels = tf.argmax(logits, -1, output_type=tf.int32)
+      loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(
+          labels=labels, logits=logits))
+    return tape.gradient(loss, images)
+
+  return tf.function(run, autograph=False, reduce_retracing=True)
+
+
+def real_evaluation(model, x, y, attack, steps, eot_samples, draws, repeats,
+                    attack_repeats, seed):
+  """g alone, f_a alone and an EOT attack of the suite on one defended model.
+
+  In one run, on the same machine: (a) g alone, the exact forward of the
+  model's transform that BPDA-style attacks run
+  (`attacks.estimators.exact_transform`, one fresh draw per image), on the
+  attack's whole tiled batch (`len(x) * eot_samples` images); (b) f_a alone,
+  its compiled forward and input-gradient pass (`input_gradient_fn`) on the
+  same batch; (c) `attacks.suite.run_attack` of `attack` (the path of every
+  evaluation: it counts f_b's and the model's passes, times the crafting,
+  then scores with `draws` draws). (c) runs `attack_repeats` times (each run
+  builds its attack, as an evaluation does); (a) and (b), after a warm-up,
+  `repeats` times before each run and after the last, so that a shared
+  machine's load falls on all three alike. Each keeps its best time.
+
+  The floor of the attack is the time (a) needs for its f_b passes plus the
+  time (b) needs for its model passes (each a forward and a backward pass).
+
+  Args:
+    model: a defended Keras model with one `AdversarialTransform` reading its
+      input.
+    x: float32 images in [0, 1].
+    y: int32 labels.
+    attack: a name in `attacks.suite.REGISTRY`.
+    steps: the attack's steps.
+    eot_samples: its EOT samples.
+    draws: R of its scoring.
+    repeats: timed runs of (a) and (b).
+    attack_repeats: timed runs of (c).
+    seed: the run's seed.
+
+  Returns:
+    A dict of figures (rates, seconds, passes, fractions).
+
+  Raises:
+    ValueError: for a model without a transform reading its input.
+  """
+  layers = estimators.transform_layers(model)
+  layer = layers[0]
+  if len(layers) != 1 or layer.input is not model.inputs[0]:
+    raise ValueError("`model` must have one AdversarialTransform reading its "
+                     f"input. Received: model={model.name!r}")
+  tiled = tf.constant(np.tile(x, (eot_samples, 1, 1, 1)))
+  generator = keras.random.SeedGenerator(seed)
+  g = lambda: estimators.exact_transform(
+      layer, tiled, transform.uniform_noise(tf.shape(tiled), layer.epsilon,
+                                            generator))
+  f_a = input_gradient_fn(classifier_behind(model, layer))
+  np.asarray(g())  # Warm-up: traces.
+  np.asarray(f_a(tiled))
+  g_seconds, f_a_seconds = [], []
+
+  def time_parts():
+    for _ in range(repeats):
+      g_seconds.append(best_seconds(g, 1, warm_up=False))
+      f_a_seconds.append(best_seconds(lambda: f_a(tiled), 1, warm_up=False))
+
+  target = suite.Target(model)
+  budget = suite.Budget(steps=steps, eot_samples=eot_samples)
+  runs, walls = [], []  # Wall: crafting and scoring.
+  for _ in range(attack_repeats):  # On a shared machine: g, f_a, attack, ...
+    time_parts()
+    start = time.perf_counter()
+    runs.append(suite.run_attack(target, attack, suite.REGISTRY[attack], x, y,
+                                 budget, seed=seed, draws=draws))
+    walls.append(time.perf_counter() - start)
+  time_parts()
+  g_rate = len(tiled) * (layer.steps + 1) / min(g_seconds)
+  f_a_rate = len(tiled) / min(f_a_seconds)
+  best = min(runs, key=lambda run: run.elapsed_s)
+  floor = best.f_b_passes / g_rate + best.model_passes / f_a_rate
+  return {
+      "attack": attack, "images": int(len(x)), "steps": int(steps),
+      "eot_samples": int(eot_samples), "draws": int(draws),
+      "transform_steps": int(layer.steps), "batch": int(len(tiled)),
+      "g_f_b_passes_per_s": g_rate,
+      "f_a_images_per_s": f_a_rate,
+      "attack_seconds": [run.elapsed_s for run in runs],
+      "run_attack_seconds": walls,
+      "attack_f_b_passes": best.f_b_passes,
+      "attack_model_passes": best.model_passes,
+      "attack_f_b_passes_per_s": best.f_b_passes / best.elapsed_s,
+      "fraction_of_g": best.f_b_passes / best.elapsed_s / g_rate,
+      "floor_seconds": floor,
+      "fraction_of_floor": floor / best.elapsed_s,
+  }
+
+
+def real_rows(real):
+  """The table rows of `real_evaluation`'s figures."""
+  seconds = ", ".join(f"{s:.1f}" for s in real["attack_seconds"])
+  return [
+      ("real: g alone", f"{real['g_f_b_passes_per_s']:.0f} f_b passes/s "
+       f"(batch {real['batch']}, N {real['transform_steps']})"),
+      ("real: f_a alone", f"{real['f_a_images_per_s']:.1f} images/s forward + "
+       "input gradient, compiled"),
+      ("real: attack", f"{real['attack']} on {real['images']} images, "
+       f"{real['steps']} steps, EOT {real['eot_samples']}, R {real['draws']}: "
+       f"{real['attack_f_b_passes']} f_b + {real['attack_model_passes']} "
+       f"model passes in {seconds} s (with scoring: "
+       f"{', '.join(f'{s:.1f}' for s in real['run_attack_seconds'])} s)"),
+      ("real: attack rate", f"{real['attack_f_b_passes_per_s']:.0f} f_b "
+       f"passes/s = {real['fraction_of_g']:.2f} of g's (target >= 0.6)"),
+      ("real: floor", f"{real['floor_seconds']:.1f} s (g + f_a alone): attack "
+       f"at {real['fraction_of_floor']:.2f} of it (target >= 0.85)"),
+  ]
+
+
 def training_comparison(f_b, f_a_name, x, y, epsilon, steps, pgd_epsilon,
                         pgd_step_size, pgd_steps, batch_size, seed):
   """Times one epoch of f_a(g(x)) and of PGD adversarial training of f_a.
@@ -462,6 +637,25 @@ def format_table(rows):
   return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
 
+def load_test_images(data, count, seed):
+  """`count` float32 test images in [0, 1] and int32 labels.
+
+  Args:
+    data: "cifar10" (the first `count` test images, `adv_layer.data`) or
+      "random" (as `load_images`).
+    count: number of images.
+    seed: seed of the random images.
+
+  Returns:
+    `(images, labels)` as numpy arrays.
+  """
+  if data == "random":
+    return load_images(data, count, seed)
+  from adv_layer import data as data_lib  # pylint: disable=g-import-not-at-top
+  images, labels = data_lib.load_arrays("cifar10", f"test[:{count}]")
+  return images.astype(np.float32), labels.astype(np.int32)
+
+
 def run_benchmark(f_b, x, epsilon, steps, repeats, matmul_size, jit_compile,
                   bf16_batch_size, seed):
   """Parts (a) and (c): the transform's speed, FLOP fraction and bf16 mode.
@@ -525,6 +719,8 @@ def run_benchmark(f_b, x, epsilon, steps, repeats, matmul_size, jit_compile,
 def results_rows(info, settings, results):
   """The rows of the printed table."""
   rows = [(k, v) for k, v in info.items()] + [(k, v) for k, v in settings.items()]
+  if "transform_images_per_s" not in results:  # --batch_size=0.
+    return rows + (real_rows(results["real"]) if "real" in results else [])
   rows += [
       ("fp32 matmul rate", f"{results['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s"),
       ("transform FLOPs/image",
@@ -567,6 +763,8 @@ def results_rows(info, settings, results):
         f"{attack['images']} images x EOT {attack['eot_samples']}; transform "
         f"{transform_rate:.0f} f_b passes/s: ratio "
         f"{attack['f_b_passes_per_s'] / transform_rate:.2f} (target >= 0.8)"))
+  if "real" in results:
+    rows += real_rows(results["real"])
   if "epoch_seconds" in results:
     epoch = results["epoch_seconds"]
     rows += [
@@ -580,18 +778,27 @@ def results_rows(info, settings, results):
 def main(argv):
   del argv
   keras.utils.set_random_seed(FLAGS.seed)
-  count = max(FLAGS.batch_size, FLAGS.train_images)
-  images, labels = load_images(FLAGS.data, count, FLAGS.seed)
+  count = max(FLAGS.batch_size, FLAGS.train_images, FLAGS.attack_images)
+  images, labels = load_images(FLAGS.data, count, FLAGS.seed) if count else (
+      None, None)
   if FLAGS.fb:
     f_b = keras.models.load_model(FLAGS.fb)
   else:
     f_b = models.small_vgg(seed=FLAGS.seed)
-  results = run_benchmark(f_b, tf.constant(images[:FLAGS.batch_size]),
-                          FLAGS.epsilon, FLAGS.steps, FLAGS.repeats,
-                          FLAGS.matmul_size, FLAGS.jit_compile,
-                          FLAGS.bf16_batch_size,
-                          FLAGS.seed)
-  if FLAGS.attack_images:
+  results = {}
+  if FLAGS.batch_size:
+    results = run_benchmark(f_b, tf.constant(images[:FLAGS.batch_size]),
+                            FLAGS.epsilon, FLAGS.steps, FLAGS.repeats,
+                            FLAGS.matmul_size, FLAGS.jit_compile,
+                            FLAGS.bf16_batch_size,
+                            FLAGS.seed)
+  if FLAGS.real_model:
+    real_x, real_y = load_test_images(FLAGS.data, FLAGS.real_images, FLAGS.seed)
+    results["real"] = real_evaluation(
+        zoo.load(FLAGS.real_model), real_x, real_y, FLAGS.real_attack,
+        FLAGS.real_steps, FLAGS.real_eot_samples, FLAGS.real_draws,
+        FLAGS.repeats, FLAGS.real_repeats, FLAGS.seed)
+  if FLAGS.attack_images and FLAGS.batch_size:
     results["attack"] = attack_rate(
         f_b, FLAGS.f_a, images[:FLAGS.attack_images], FLAGS.epsilon,
         FLAGS.steps, FLAGS.attack_eot_samples, FLAGS.repeats, FLAGS.seed)
@@ -611,6 +818,10 @@ def main(argv):
                   f"eps={FLAGS.pgd_epsilon:.4f}",
       "seed": str(FLAGS.seed),
   }
+  if FLAGS.real_model:
+    settings["real"] = (f"model={FLAGS.real_model} attack={FLAGS.real_attack} "
+                        f"images={FLAGS.real_images} steps={FLAGS.real_steps} "
+                        f"eot={FLAGS.real_eot_samples} R={FLAGS.real_draws}")
   info = machine_info()
   print(format_table(results_rows(info, settings, results)))
   if FLAGS.json_out:

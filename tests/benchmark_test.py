@@ -1,12 +1,12 @@
 """Tests of examples/benchmark.py's functions (no assertions on speed)."""
 
-import time
 from unittest import mock
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+import adv_layer
 from adv_layer import models
 from adv_layer import transform
 from examples import benchmark
@@ -59,16 +59,25 @@ class TransformTimingTest(tf.test.TestCase):
     self.assertAllEqual(g(x), g(x))
 
   def test_best_seconds_warms_up_and_keeps_the_fastest_call(self):
-    # The first (warm-up) call is slow and untimed; then 0.06 s, 0.02 s.
-    delays = iter([0.5, 0.06, 0.02])
+    # The first (warm-up) call is untimed; the clock then reads two calls
+    # of 0.06 s and 0.02 s.
+    clock = iter([10.0, 10.06, 20.0, 20.02])
     calls = []
     def work():
       calls.append(1)
-      time.sleep(next(delays))
       return 0
-    seconds = benchmark.best_seconds(work, repeats=2)
+    with mock.patch.object(benchmark.time, "perf_counter",
+                           side_effect=lambda: next(clock)):
+      seconds = benchmark.best_seconds(work, repeats=2)
     self.assertLen(calls, 3)
-    self.assertBetween(seconds, 0.02, 0.05)
+    self.assertAllClose(seconds, 0.02)
+
+  def test_best_seconds_without_warm_up_times_every_call(self):
+    calls = []
+    seconds = benchmark.best_seconds(lambda: calls.append(1) or 0, repeats=2,
+                                     warm_up=False)
+    self.assertLen(calls, 2)
+    self.assertGreaterEqual(seconds, 0)
 
   def test_rates_divide_the_work_by_the_best_time(self):
     with mock.patch.object(benchmark, "best_seconds", return_value=0.5):
@@ -145,6 +154,80 @@ class AttackRateTest(tf.test.TestCase):
     # each draw of g 1 + 2 passes of f_b.
     self.assertAllClose(rate["f_b_passes_per_s"] * rate["seconds"],
                         3 * 3 * 2 * 3)
+
+
+class RealEvaluationTest(tf.test.TestCase):
+
+  def defended(self, sequential):
+    f_b = models.small_vgg(width=0.0625, seed=0)
+    layers = [adv_layer.AdversarialTransform(f_b, epsilon=0.2, steps=1, seed=0),
+              benchmark.build_f_a("small_cnn", (32, 32, 3), seed=0)]
+    if sequential:
+      return keras.Sequential([keras.Input((32, 32, 3))] + layers)
+    inputs = keras.Input((32, 32, 3))
+    return keras.Model(inputs, layers[1](layers[0](inputs)))
+
+  def test_counts_the_attack_beside_g_and_f_a(self):
+    x, y = benchmark.load_test_images("random", 3, seed=0)
+    for sequential in (True, False):
+      real = benchmark.real_evaluation(
+          self.defended(sequential), x, y, "apgd_ce_bpda_identity", steps=1,
+          eot_samples=2, draws=2, repeats=1, attack_repeats=2, seed=0)
+      # APGD: the class probe (1 image), then 1 + 1 EOT gradients of 3
+      # images x 2 draws; each draw of g is 1 + 1 passes of f_b.
+      self.assertEqual(real["attack_model_passes"], 1 + 2 * 3 * 2)
+      self.assertEqual(real["attack_f_b_passes"], 2 * (1 + 2 * 3 * 2))
+      self.assertEqual(real["batch"], 6)
+      self.assertLen(real["attack_seconds"], 2)
+      for crafting, whole in zip(real["attack_seconds"],
+                                 real["run_attack_seconds"]):
+        self.assertLess(crafting, whole)
+      elapsed = min(real["attack_seconds"])
+      self.assertAllClose(real["attack_f_b_passes_per_s"] * elapsed, 26)
+      self.assertAllClose(real["fraction_of_g"] * real["g_f_b_passes_per_s"],
+                          real["attack_f_b_passes_per_s"])
+      self.assertAllClose(
+          real["floor_seconds"],
+          26 / real["g_f_b_passes_per_s"] + 13 / real["f_a_images_per_s"])
+      self.assertAllClose(real["fraction_of_floor"],
+                          real["floor_seconds"] / elapsed)
+
+  def test_classifier_behind_the_transform_shares_its_weights(self):
+    model = self.defended(sequential=False)
+    f_a = benchmark.classifier_behind(model, model.layers[1])
+    x = tf.constant(tiny_images_rgb())
+    self.assertAllEqual(f_a(x), model.layers[2](x))
+
+  def test_refuses_a_model_whose_transform_does_not_read_its_input(self):
+    f_b = models.small_vgg(width=0.0625, seed=0)
+    model = keras.Sequential([
+        keras.Input((32, 32, 3)), keras.layers.Identity(),
+        adv_layer.AdversarialTransform(f_b, epsilon=0.2, steps=1, seed=0),
+        benchmark.build_f_a("small_cnn", (32, 32, 3), seed=0)])
+    x, y = benchmark.load_test_images("random", 2, seed=0)
+    with self.assertRaisesRegex(ValueError, "one AdversarialTransform reading"):
+      benchmark.real_evaluation(model, x, y, "apgd_ce_bpda_identity", 1, 1, 1,
+                                1, 1, 0)
+
+  def test_table_rows(self):
+    real = {"g_f_b_passes_per_s": 1232.0, "batch": 256, "transform_steps": 13,
+            "f_a_images_per_s": 200.0, "attack": "apgd_ce_bpda_identity",
+            "images": 64, "steps": 5, "eot_samples": 4, "draws": 4,
+            "attack_f_b_passes": 21518, "attack_model_passes": 1537,
+            "attack_seconds": [30.0, 28.0], "run_attack_seconds": [33.0, 31.0],
+            "attack_f_b_passes_per_s": 768.5,
+            "fraction_of_g": 0.62, "floor_seconds": 25.14,
+            "fraction_of_floor": 0.90}
+    table = benchmark.format_table(benchmark.real_rows(real))
+    self.assertIn("21518 f_b + 1537 model passes in 30.0, 28.0 s (with "
+                  "scoring: 33.0, 31.0 s)", table)
+    self.assertIn("768 f_b passes/s = 0.62 of g's (target >= 0.6)", table)
+    self.assertIn("25.1 s (g + f_a alone): attack at 0.90 of it", table)
+
+
+def tiny_images_rgb(batch=2, seed=0):
+  return np.random.default_rng(seed).uniform(
+      0, 1, (batch, 32, 32, 3)).astype(np.float32)
 
 
 class ReportTest(tf.test.TestCase):

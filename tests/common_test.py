@@ -52,6 +52,48 @@ class ExpectationTest(tf.test.TestCase):
     _, mean_loss_grad = self.run_eot("loss")
     self.assertAllClose(mean_loss_grad, [[4 * self.p - 2]] * 3)
 
+  def test_logits_of_every_draw_come_back_draw_major(self):
+    # TwoDrawModel tells draws apart within one call: the whole tiled batch.
+    for chunk_size in (None, 6):
+      loss, grad, logits = common.eot_loss_gradient(
+          TwoDrawModel(), self.x, self.y, common.ce_loss, eot_samples=2,
+          chunk_size=chunk_size, return_logits=True)
+      # Rows 0-2: draw 1 of images 0-2, logits (2, 0); rows 3-5: (-2, 0).
+      self.assertAllClose(logits, [[2.0, 0.0]] * 3 + [[-2.0, 0.0]] * 3,
+                          msg=chunk_size)
+      expected_loss, expected_grad = self.run_eot("loss", chunk_size)
+      self.assertAllEqual(loss, expected_loss)
+      self.assertAllEqual(grad, expected_grad)
+    with self.assertRaisesRegex(ValueError, "Received: expectation='softmax'"):
+      common.eot_loss_gradient(TwoDrawModel(), self.x, self.y, common.ce_loss,
+                               eot_samples=2, expectation="softmax",
+                               return_logits=True)
+
+  def test_a_model_fn_may_compute_its_own_loss_and_gradient(self):
+    calls = []
+
+    class Own:
+      """Logits (4x, 0); computes the first chunk itself, declines the rest."""
+
+      def __call__(self, images):
+        return tf.stack([4.0 * images[:, 0], tf.zeros_like(images[:, 0])], 1)
+
+      def loss_and_gradient(self, x, y, loss_fn):
+        calls.append(int(x.shape[0]))
+        if len(calls) > 1:
+          return None
+        return (tf.fill([x.shape[0]], 7.0), tf.fill(x.shape, 1.0),
+                tf.zeros([x.shape[0], 2]))
+
+    loss, grad = common.eot_loss_gradient(Own(), self.x, self.y,
+                                          common.ce_loss, eot_samples=2,
+                                          chunk_size=3)
+    self.assertEqual(calls, [3, 3])
+    # Draw 1 (the first chunk) from the method, draw 2 from the tape:
+    # CE −log σ(2), gradient 4 (σ(2) − 1).
+    self.assertAllClose(loss, [(7.0 - np.log(self.p)) / 2] * 3)
+    self.assertAllClose(grad, [[(1.0 + 4 * (self.p - 1)) / 2]] * 3)
+
   def test_bad_expectation_raises(self):
     with self.assertRaisesRegex(ValueError, "Received: expectation='mean'"):
       self.run_eot("mean")

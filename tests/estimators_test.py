@@ -333,6 +333,75 @@ class EotTest(tf.test.TestCase):
     self.assertNotAllClose(first, other)
 
 
+class CompiledLossGradientTest(tf.test.TestCase):
+
+  def tape_path(self, model_fn, x, y):
+    """`common.chunk_loss_gradient` on the tape, as without the method."""
+    return common.chunk_loss_gradient(model_fn.__call__, x, y, common.ce_loss)
+
+  def test_same_bits_as_the_tape_for_replayable_estimators(self):
+    x = tf.constant(np.random.default_rng(0).uniform(0, 1, (6,) + SHAPE),
+                    tf.float32)
+    y = tf.constant([0, 1, 2, 0, 1, 2], tf.int32)
+    for functional in (False, True):
+      model, _ = defended()
+      if functional:
+        inputs = keras.Input(SHAPE)
+        model = keras.Model(inputs, model.layers[1](model.layers[0](inputs)))
+      for estimator in ("bpda_identity", "exact"):
+        model_fn = estimators.defended_model_fn(model, estimator, seed=3)
+        expected = [self.tape_path(model_fn, x, y),
+                    self.tape_path(model_fn, x[:4], y[:4])]
+        model_fn.reseed(3)
+        actual = [model_fn.loss_and_gradient(x, y, common.ce_loss),
+                  model_fn.loss_and_gradient(x[:4], y[:4], common.ce_loss)]
+        for want, got in zip(expected, actual):
+          for a, b in zip(want, got):
+            self.assertAllEqual(a, b, msg=(functional, estimator))
+        # One trace serves every batch size.
+        self.assertLen(model_fn._compiled, 1)
+        self.assertIsNone(model.layers[-2].gradient_estimator)
+
+  def test_declines_where_g_cannot_be_replayed(self):
+    model, _ = defended()
+    x, y = tf.zeros((2,) + SHAPE), tf.zeros([2], tf.int32)
+    for estimator in ("bpda", "unrolled", "straight_through", "bpda_exact_path"):
+      model_fn = estimators.defended_model_fn(model, estimator, seed=0)
+      self.assertIsNone(model_fn.loss_and_gradient(x, y, common.ce_loss))
+    # A transform behind another layer does not read the model's input.
+    shifted = keras.Sequential([keras.Input(SHAPE), keras.layers.Identity(),
+                                model.layers[0], model.layers[1]])
+    model_fn = estimators.defended_model_fn(shifted, "bpda_identity", seed=0)
+    self.assertIsNone(model_fn.loss_and_gradient(x, y, common.ce_loss))
+
+  def test_keeps_a_bounded_number_of_traces(self):
+    model, _ = defended(steps=1)
+    x, y = tf.zeros((2,) + SHAPE), tf.zeros([2], tf.int32)
+    model_fn = estimators.defended_model_fn(model, "exact", seed=0)
+    fresh = [lambda logits, labels: common.ce_loss(logits, labels)
+             for _ in range(estimators._MAX_TRACES + 1)]
+    results = [model_fn.loss_and_gradient(x, y, f) for f in fresh]
+    self.assertTrue(all(r is not None for r in results[:-1]))
+    self.assertIsNone(results[-1])
+    # A loss it has traced still runs compiled.
+    self.assertIsNotNone(model_fn.loss_and_gradient(x, y, fresh[0]))
+
+  def test_counts_passes_and_leaves_other_functions_optimised(self):
+    from attacks import suite  # pylint: disable=g-import-not-at-top
+    model, layer = defended(steps=3)
+    x, y = tf.zeros((5,) + SHAPE), tf.zeros([5], tf.int32)
+    context = estimators.tf_context.context()
+    before = context.function_call_options.config_proto_serialized
+    for _ in range(2):  # A new counter each time, as each attack run has.
+      with suite.count_passes(model, [layer]) as counters:
+        model_fn = estimators.defended_model_fn(model, "bpda_identity", seed=0)
+        self.assertIsNotNone(model_fn.loss_and_gradient(x, y, common.ce_loss))
+      self.assertEqual(int(counters["model"].numpy()), 5)
+      self.assertEqual(int(counters["f_b"].numpy()), 5 * 4)
+    self.assertEqual(context.function_call_options.config_proto_serialized,
+                     before)
+
+
 class BpdaIdentityTest(tf.test.TestCase):
 
   def test_breaks_a_defense_with_tiny_delta(self):
