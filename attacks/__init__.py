@@ -7,6 +7,7 @@ Attacks and their parts:
   common       argument checks, losses, vectorised EOT gradients.
   estimators   gradient estimators for g: BPDA, BPDA-I, unrolled autodiff,
                straight-through sign, BPDA along the exact iterates.
+  model_fns    a defended model as a model_fn through an estimator (EOT).
   bpda         BPDA for any Keras layer: exact forward, identity or
                surrogate backward.
   pgd, apgd    white-box attacks (PGD with restarts, APGD-CE / APGD-DLR).

@@ -45,7 +45,7 @@ from it on purpose:
 import tensorflow as tf
 
 from attacks import common
-from attacks import estimators
+from attacks import model_fns
 from attacks import pgd as pgd_lib
 
 __all__ = ["apgd", "checkpoints", "halve_step", "random_start", "target_classes"]
@@ -263,7 +263,7 @@ def apgd(model_fn,
     raise ValueError(f"`loss={loss!r}` needs a model with >= {MIN_CLASSES[loss]} "
                      f"classes; this one has {classes}. Received: loss={loss!r}")
   rank_seed, runs_seed = common.seeds(seed, 2)
-  estimators.reseed(model_fn, rank_seed)
+  model_fns.reseed(model_fn, rank_seed)
   if y is None:
     y = pgd_lib.prediction_labels(model_fn, x)
   targets = [None]
@@ -283,7 +283,7 @@ def apgd(model_fn,
       if active.shape[0] == 0:
         return best_x
       part = lambda t: None if t is None else tf.gather(t, active)
-      estimators.reseed(model_fn, run_seed)
+      model_fns.reseed(model_fn, run_seed)
       start = random_start(part(x), epsilon, value_range, run_seed)
       run_x, run_wrong, run_loss = apgd_run(model_fn, part(x), part(y), part(y_target),
                                             start, loss_fn, epsilon, steps,

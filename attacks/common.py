@@ -229,7 +229,7 @@ def eot_chunk_size(bytes_per_image, total, memory_budget=None):
 
   Args:
     bytes_per_image: estimated bytes one image holds during a gradient step
-      (e.g. `estimators.bytes_per_image`), or None (unknown: no chunking).
+      (e.g. `model_fns.bytes_per_image`), or None (unknown: no chunking).
     total: images to run (batch × EOT samples).
     memory_budget: bytes a chunk may hold; None means `DEFAULT_MEMORY_BUDGET`.
 
@@ -345,7 +345,7 @@ def chunk_loss_gradient(model_fn, x, y, loss_fn):
   """Per-example loss, its input gradient and the logits of one model call.
 
   A `model_fn` with a `loss_and_gradient(x, y, loss_fn)` method (e.g.
-  `attacks.estimators.DefendedModelFn`) computes them itself when it can
+  `attacks.model_fns.DefendedModelFn`) computes them itself when it can
   (it returns None when it cannot); otherwise, or inside a `tf.function`,
   a tape watching only `x` records `loss_fn(model_fn(x), y)`.
 

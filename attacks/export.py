@@ -18,7 +18,6 @@ import numpy as np
 from attacks import plan as plan_lib
 from attacks import records
 from attacks import sanity
-from attacks import scoring
 from attacks import store
 from attacks import suite
 

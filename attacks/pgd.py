@@ -1,7 +1,7 @@
 """L∞ projected gradient descent with random restarts (Madry et al., 2018).
 
 Works on any differentiable `model_fn`: a plain classifier, or a defended
-model wrapped by `attacks.estimators.defended_model_fn` (BPDA, BPDA-I,
+model wrapped by `attacks.model_fns.defended_model_fn` (BPDA, BPDA-I,
 unrolled), with the gradient averaged over `eot_samples` random draws (EOT,
 paper Sec. 3.3). Per example it returns the best point seen over all steps and
 restarts: misclassified (in the largest fraction of draws) first, then the
@@ -13,7 +13,7 @@ import functools
 import tensorflow as tf
 
 from attacks import common
-from attacks import estimators
+from attacks import model_fns
 
 __all__ = ["LOSSES", "loss_gradient", "pgd", "prediction_labels"]
 
@@ -88,7 +88,7 @@ def _unpacking(loss_fn):
   """`(logits, labels) -> loss_fn(logits, *labels)`, one object per `loss_fn`.
 
   The same object for the same `loss_fn`, so a model_fn that compiles its
-  loss and gradient (`attacks.estimators.DefendedModelFn`) traces it once.
+  loss and gradient (`attacks.model_fns.DefendedModelFn`) traces it once.
   """
   return lambda logits, labels: loss_fn(logits, *labels)
 
@@ -137,7 +137,7 @@ def pgd(model_fn,
       picks it from `memory_budget`.
     value_range: `(low, high)` of valid pixel values.
     seed: integer seed of the random starts and of `model_fn`'s draws
-      (see `estimators.reseed`); the same seed repeats the attack.
+      (see `model_fns.reseed`); the same seed repeats the attack.
     expectation: `"loss"` ascends the mean of per-draw losses, `"softmax"`
       the loss of the mean softmax over the K draws (the expected output).
     memory_budget: bytes for one chunk's activations; None uses
@@ -167,7 +167,7 @@ def pgd(model_fn,
   best_wrong = tf.fill(tf.shape(y), -1.0)
   best_loss = tf.fill(tf.shape(y), -float("inf"))
   for run_seed in common.seeds(seed, restarts):
-    estimators.reseed(model_fn, run_seed)
+    model_fns.reseed(model_fn, run_seed)
     x_adv = common.random_init(x, epsilon, value_range, run_seed) if random_start else x
     for step in range(steps + 1):
       value, grad, wrong = loss_gradient(

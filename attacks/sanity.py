@@ -46,7 +46,7 @@ def _ce_gradient(model_fn, x, y):
   """The input gradient of the summed CE loss, one model call (zero if cut).
 
   Through `common.chunk_loss_gradient`, so a model_fn that computes its own
-  gradient (the compiled path of `attacks.estimators.DefendedModelFn`) does.
+  gradient (the compiled path of `attacks.model_fns.DefendedModelFn`) does.
   """
   _, grad, _ = common.chunk_loss_gradient(model_fn, x, y, _ce)
   return tf.zeros_like(x) if grad is None else grad

@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from attacks import common
-from attacks import estimators
+from attacks import model_fns
 from attacks import query_scores
 
 # AutoAttack's schedule of the fraction p of pixels changed per proposal, as
@@ -44,7 +44,7 @@ def prepare(model_fn, x, y, epsilon, value_range, seed):
   """Checks a query attack's common arguments; reseeds a random model_fn.
 
   A `DefendedModelFn` restarts its random draws from `seed` (see
-  `estimators.reseed`), so a seeded attack on a random model repeats. Labels
+  `model_fns.reseed`), so a seeded attack on a random model repeats. Labels
   `y=None` become the model's own predictions (one query per image).
 
   Returns:
@@ -56,7 +56,7 @@ def prepare(model_fn, x, y, epsilon, value_range, seed):
   """
   value_range = common.validate_attack_args(epsilon, value_range=value_range)
   x, y = common.check_images_labels(x, y, value_range)
-  estimators.reseed(model_fn, seed)
+  model_fns.reseed(model_fn, seed)
   x = np.array(x)
   if y is None:
     labels = np.argmax(query_scores.query_logits(model_fn, x), axis=1)

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from adv_layer.layer import find_transforms
 from attacks import bpda
-from attacks import estimators
+from attacks import model_fns
 
 __all__ = ["NO_BPDA", "Target", "connected", "finite_gradient"]
 
@@ -142,5 +142,5 @@ class Target:
       model = self.gradient_model(NO_BPDA if estimator == NO_BPDA else None)
       return lambda images: connected(
           model(finite_gradient(images), training=False), images)
-    return estimators.defended_model_fn(self.model, estimator, seed=seed,
+    return model_fns.defended_model_fn(self.model, estimator, seed=seed,
                                         **estimator_kwargs)

@@ -21,6 +21,7 @@ import tensorflow as tf
 from adv_layer import transform
 from attacks import common
 from attacks import estimators
+from attacks import model_fns
 from attacks import pgd
 
 __all__ = ["choose_targets", "steered_transform", "target_selection"]
@@ -151,7 +152,7 @@ def target_selection(model,
     step_size = 2.5 * epsilon / steps
   choose_seed, start_seed = common.seeds(seed, 2)
   if y is None:
-    scorer = estimators.defended_model_fn(model, "exact", seed=choose_seed)
+    scorer = model_fns.defended_model_fn(model, "exact", seed=choose_seed)
     y = tf.argmax(scorer(x), axis=-1, output_type=tf.int32)
   targets = choose_targets(model, x, y, eot_samples, choose_seed)
   x_adv = (common.random_init(x, epsilon, value_range, start_seed)

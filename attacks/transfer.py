@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from attacks import common
-from attacks import estimators
+from attacks import model_fns
 from attacks import pgd
 from attacks import reparam
 
@@ -114,7 +114,7 @@ def transfer(source_model_fn, x, y, epsilon=8 / 255, steps=20, step_size=None,
   best_wrong = tf.fill(tf.shape(y), -1.0)
   best_loss = tf.fill(tf.shape(y), -float("inf"))
   for run_seed in common.seeds(seed, restarts):
-    estimators.reseed(source_model_fn, run_seed)
+    model_fns.reseed(source_model_fn, run_seed)
     gradient_fn = source_model_fn
     if diversity_prob > 0:
       gradient_fn = diverse_model_fn(source_model_fn, diversity_prob,
@@ -315,7 +315,7 @@ def cheaper_defense_model_fn(model, steps=1, estimator="bpda", seed=None,
     ValueError: for a bad `steps` or estimator setting, or a model without
       a transform.
   """
-  return estimators.defended_model_fn(model, estimator, seed=seed, steps=steps,
+  return model_fns.defended_model_fn(model, estimator, seed=seed, steps=steps,
                                       **estimator_kwargs)
 
 

@@ -33,7 +33,7 @@ import tensorflow as tf
 
 import adv_layer  # Registers AdversarialTransform for load_model.
 from adv_layer import data
-from attacks import estimators
+from attacks import model_fns
 from attacks import scoring
 
 FLAGS = flags.FLAGS
@@ -67,7 +67,7 @@ def peer_attacks(model, defended, budget, seed):
   if defended:
     sources = {
         f"_{name}": eot_logits_fn(
-            estimators.defended_model_fn(model, name, seed=seed),
+            model_fns.defended_model_fn(model, name, seed=seed),
             budget["eot_samples"])
         for name in ("bpda_identity", "bpda")
     }

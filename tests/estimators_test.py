@@ -8,6 +8,7 @@ from adv_layer import AdversarialTransform
 from adv_layer import transform
 from attacks import common
 from attacks import estimators
+from attacks import model_fns
 from attacks import pgd as pgd_lib
 from tests import attack_properties
 from tests import pgd_test
@@ -94,7 +95,7 @@ class EstimatorTest(tf.test.TestCase):
 
   def test_bpda_gradients_are_finite_and_nonzero(self):
     for surrogate in estimators.SIGN_SURROGATES:
-      model_fn = estimators.defended_model_fn(self.model, "bpda", seed=0,
+      model_fn = model_fns.defended_model_fn(self.model, "bpda", seed=0,
                                               sign_surrogate=surrogate,
                                               temperature=0.01)
       _, grad = common.eot_loss_gradient(model_fn, self.x, self.y, common.ce_loss)
@@ -146,11 +147,11 @@ class EstimatorTest(tf.test.TestCase):
 
   def test_bad_arguments_raise(self):
     with self.assertRaisesRegex(ValueError, "Received: estimator='fd'"):
-      estimators.defended_model_fn(self.model, "fd")
+      model_fns.defended_model_fn(self.model, "fd")
     with self.assertRaisesRegex(ValueError, "Received: steps=0"):
-      estimators.defended_model_fn(self.model, steps=0)
+      model_fns.defended_model_fn(self.model, steps=0)
     with self.assertRaisesRegex(ValueError, "no AdversarialTransform"):
-      estimators.defended_model_fn(small_net(0))
+      model_fns.defended_model_fn(small_net(0))
 
 
 def linear_defense(estimator, temperature=1.0):
@@ -244,13 +245,13 @@ class MemoryEstimateTest(tf.test.TestCase):
     model, layer = defended(steps=3)
     f_b = common.activation_bytes(layer.f_b)
     held = 2 * common.activation_bytes(model)
-    self.assertEqual(estimators.bytes_per_image(model, "bpda_identity"),
-                     held + estimators.EXACT_FACTOR * f_b)
+    self.assertEqual(model_fns.bytes_per_image(model, "bpda_identity"),
+                     held + model_fns.EXACT_FACTOR * f_b)
     for estimator in ("bpda", "unrolled", "straight_through", "bpda_exact_path"):
-      self.assertEqual(estimators.bytes_per_image(model, estimator),
-                       held + estimators.LOOP_FACTOR * 3 * f_b)
-    self.assertEqual(estimators.bytes_per_image(model, "bpda", steps=1),
-                     held + estimators.LOOP_FACTOR * f_b)
+      self.assertEqual(model_fns.bytes_per_image(model, estimator),
+                       held + model_fns.LOOP_FACTOR * 3 * f_b)
+    self.assertEqual(model_fns.bytes_per_image(model, "bpda", steps=1),
+                     held + model_fns.LOOP_FACTOR * f_b)
 
   def test_activation_bytes_counts_layer_outputs(self):
     # Flatten 16, Dense 16, Dense 3 floats per image.
@@ -275,7 +276,7 @@ class UseEstimatorTest(tf.test.TestCase):
   def test_model_fn_leaves_the_layer_as_it_was(self):
     model, layer = defended()
     x, _ = attack_properties.tiny_batch()
-    estimators.defended_model_fn(model, "bpda")(x)
+    model_fns.defended_model_fn(model, "bpda")(x)
     self.assertIsNone(layer.gradient_estimator)
     with tf.GradientTape() as tape:
       x = tf.constant(x)
@@ -318,14 +319,14 @@ class EotTest(tf.test.TestCase):
   def test_tiled_copies_get_their_own_draw(self):
     model, _ = defended()
     x, _ = attack_properties.tiny_batch(batch=2)
-    model_fn = estimators.defended_model_fn(model, "exact", seed=0)
+    model_fn = model_fns.defended_model_fn(model, "exact", seed=0)
     logits = model_fn(tf.tile(x, [2, 1, 1, 1])).numpy()
     self.assertFalse(np.any(logits[:2] == logits[2:]))
 
   def test_seeded_pgd_with_eot_repeats(self):
     model, _ = defended()
     x, y = attack_properties.tiny_batch()
-    model_fn = estimators.defended_model_fn(model, "bpda", temperature=0.1)
+    model_fn = model_fns.defended_model_fn(model, "bpda", temperature=0.1)
     run = lambda seed: pgd_lib.pgd(model_fn, x, y, steps=2, eot_samples=3,
                                    chunk_size=8, seed=seed)
     first, second, other = run(4), run(4), run(5)
@@ -349,7 +350,7 @@ class CompiledLossGradientTest(tf.test.TestCase):
         inputs = keras.Input(SHAPE)
         model = keras.Model(inputs, model.layers[1](model.layers[0](inputs)))
       for estimator in ("bpda_identity", "exact"):
-        model_fn = estimators.defended_model_fn(model, estimator, seed=3)
+        model_fn = model_fns.defended_model_fn(model, estimator, seed=3)
         expected = [self.tape_path(model_fn, x, y),
                     self.tape_path(model_fn, x[:4], y[:4])]
         model_fn.reseed(3)
@@ -366,20 +367,20 @@ class CompiledLossGradientTest(tf.test.TestCase):
     model, _ = defended()
     x, y = tf.zeros((2,) + SHAPE), tf.zeros([2], tf.int32)
     for estimator in ("bpda", "unrolled", "straight_through", "bpda_exact_path"):
-      model_fn = estimators.defended_model_fn(model, estimator, seed=0)
+      model_fn = model_fns.defended_model_fn(model, estimator, seed=0)
       self.assertIsNone(model_fn.loss_and_gradient(x, y, common.ce_loss))
     # A transform behind another layer does not read the model's input.
     shifted = keras.Sequential([keras.Input(SHAPE), keras.layers.Identity(),
                                 model.layers[0], model.layers[1]])
-    model_fn = estimators.defended_model_fn(shifted, "bpda_identity", seed=0)
+    model_fn = model_fns.defended_model_fn(shifted, "bpda_identity", seed=0)
     self.assertIsNone(model_fn.loss_and_gradient(x, y, common.ce_loss))
 
   def test_keeps_a_bounded_number_of_traces(self):
     model, _ = defended(steps=1)
     x, y = tf.zeros((2,) + SHAPE), tf.zeros([2], tf.int32)
-    model_fn = estimators.defended_model_fn(model, "exact", seed=0)
+    model_fn = model_fns.defended_model_fn(model, "exact", seed=0)
     fresh = [lambda logits, labels: common.ce_loss(logits, labels)
-             for _ in range(estimators._MAX_TRACES + 1)]
+             for _ in range(model_fns._MAX_TRACES + 1)]
     results = [model_fn.loss_and_gradient(x, y, f) for f in fresh]
     self.assertTrue(all(r is not None for r in results[:-1]))
     self.assertIsNone(results[-1])
@@ -390,11 +391,11 @@ class CompiledLossGradientTest(tf.test.TestCase):
     from attacks import suite  # pylint: disable=g-import-not-at-top
     model, layer = defended(steps=3)
     x, y = tf.zeros((5,) + SHAPE), tf.zeros([5], tf.int32)
-    context = estimators.tf_context.context()
+    context = model_fns.tf_context.context()
     before = context.function_call_options.config_proto_serialized
     for _ in range(2):  # A new counter each time, as each attack run has.
       with suite.count_passes(model, [layer]) as counters:
-        model_fn = estimators.defended_model_fn(model, "bpda_identity", seed=0)
+        model_fn = model_fns.defended_model_fn(model, "bpda_identity", seed=0)
         self.assertIsNotNone(model_fn.loss_and_gradient(x, y, common.ce_loss))
       self.assertEqual(int(counters["model"].numpy()), 5)
       self.assertEqual(int(counters["f_b"].numpy()), 5 * 4)
@@ -413,10 +414,10 @@ class BpdaIdentityTest(tf.test.TestCase):
     model = keras.Sequential([
         keras.Input((32, 32, 3)),
         AdversarialTransform(f_b, epsilon=0.005, steps=2, seed=0), f_a])
-    model_fn = estimators.defended_model_fn(model, "bpda_identity", seed=0)
+    model_fn = model_fns.defended_model_fn(model, "bpda_identity", seed=0)
     clean = pgd_test.accuracy(model_fn, x, y)
     x_adv = pgd_lib.pgd(model_fn, x, y, steps=10, seed=0)
-    scorer = estimators.defended_model_fn(model, "exact", seed=1)
+    scorer = model_fns.defended_model_fn(model, "exact", seed=1)
     self.assertGreater(clean, 0.3)
     self.assertLess(pgd_test.accuracy(scorer, x_adv, y), 0.1)
 

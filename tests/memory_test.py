@@ -16,6 +16,7 @@ from adv_layer import AdversarialTransform
 from adv_layer import models
 from attacks import common
 from attacks import estimators
+from attacks import model_fns
 
 BATCH, EOT = 4, 2
 
@@ -40,11 +41,11 @@ class EotStepMemoryTest(tf.test.TestCase):
     self.x = tf.constant(rng.uniform(0, 1, (BATCH, 32, 32, 3)), tf.float32)
     self.y = tf.zeros([BATCH], tf.int32)
     # Bound: a few passes of f_b per image (EXACT_FACTOR), never N = 13.
-    self.bound = (BATCH * EOT * estimators.EXACT_FACTOR *
+    self.bound = (BATCH * EOT * model_fns.EXACT_FACTOR *
                   common.activation_bytes(self.layer.f_b))
 
   def test_one_eot_step_holds_no_inner_pass_of_f_b(self):
-    model_fn = estimators.defended_model_fn(self.model, "bpda_identity", seed=0)
+    model_fn = model_fns.defended_model_fn(self.model, "bpda_identity", seed=0)
     model_fn(self.x[:1])  # Builds and warms up outside the measurement.
     peak = peak_bytes(lambda: common.eot_loss_gradient(
         model_fn, self.x, self.y, common.ce_loss, eot_samples=EOT))

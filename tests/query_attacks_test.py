@@ -13,7 +13,7 @@ import inspect
 import numpy as np
 import tensorflow as tf
 
-from attacks import estimators
+from attacks import model_fns
 from attacks import genattack
 from attacks import hopskipjump
 from attacks import spsa
@@ -105,7 +105,7 @@ class QueryAttackChecks(attack_properties.AttackPropertiesMixin):
 
   def test_repeats_on_a_randomized_model(self):
     model, _, _ = tiny_defended_model(steps=1)
-    model_fn = estimators.defended_model_fn(model, "exact", seed=0)
+    model_fn = model_fns.defended_model_fn(model, "exact", seed=0)
     first = self.run_cheap_attack(model_fn, self.x, self.y, 0.1, seed=3,
                                   query_draws=2)
     second = self.run_cheap_attack(model_fn, self.x, self.y, 0.1, seed=3,

@@ -6,7 +6,7 @@ import time
 import numpy as np
 
 from adv_layer import data
-from attacks import estimators
+from attacks import model_fns
 from attacks import pgd
 from attacks import report
 from attacks import sanity
@@ -94,7 +94,7 @@ class Experiment:
                steps=None, **estimator_kwargs):
     """PGD through `estimator` with the settings' `bpda` budget (Figs. 5-7)."""
     budget = self.settings["bpda"]
-    model_fn = estimators.defended_model_fn(model, estimator, seed=self.seed,
+    model_fn = model_fns.defended_model_fn(model, estimator, seed=self.seed,
                                             **estimator_kwargs)
     return pgd.pgd(model_fn, self.x_eot, self.y_eot, epsilon=budget["epsilon"],
                    step_size=budget["step_size"] * budget["steps"] /
