@@ -328,7 +328,7 @@ def eot_loss_gradient(model_fn, x, y, loss_fn, eot_samples=1, chunk_size=None,
     part_y = tf.nest.map_structure(lambda t: t[start:start + chunk], tiled_y)
     loss, grad, part_logits = chunk_loss_gradient(model_fn, part_x, part_y,
                                                   loss_fn)
-    grads.append(grad)
+    grads.append(finite_or_zero(grad))
     losses.append(loss)
     logits.append(part_logits)
   loss = tf.reshape(tf.concat(losses, 0), [eot_samples, batch])
@@ -339,6 +339,17 @@ def eot_loss_gradient(model_fn, x, y, loss_fn, eot_samples=1, chunk_size=None,
   if return_logits:
     return mean_loss, mean_grad, tf.concat(logits, 0)
   return mean_loss, mean_grad
+
+
+def finite_or_zero(grad):
+  """`grad` with its NaN and inf entries set to 0 (bit for bit elsewhere).
+
+  An image whose output is not finite (or a model whose gradient is cut,
+  read as zero) then stays where it is in an attack's step instead of
+  turning the step into NaN; the evaluation reports such outputs and
+  gradients (`attacks.verdict`), as neural-structured-learning does.
+  """
+  return tf.where(tf.math.is_finite(grad), grad, tf.zeros_like(grad))
 
 
 def chunk_loss_gradient(model_fn, x, y, loss_fn):
@@ -357,7 +368,8 @@ def chunk_loss_gradient(model_fn, x, y, loss_fn):
 
   Returns:
     `(loss, grad, logits)`: the per-example loss, the gradient of its sum
-    with respect to `x`, and the logits `model_fn` returned.
+    with respect to `x` (zero where the model cuts the path), and the logits
+    `model_fn` returned.
   """
   own = getattr(model_fn, "loss_and_gradient", None)
   if own is not None and not tf.inside_function():
@@ -369,7 +381,8 @@ def chunk_loss_gradient(model_fn, x, y, loss_fn):
     logits = model_fn(x)
     loss = loss_fn(logits, y)
     total_loss = tf.reduce_sum(loss)
-  return loss, tape.gradient(total_loss, x), logits
+  return loss, tape.gradient(
+      total_loss, x, unconnected_gradients=tf.UnconnectedGradients.ZERO), logits
 
 
 def _expected_output_loss_gradient(model_fn, x, y, loss_fn, eot_samples, images):
@@ -388,6 +401,8 @@ def _expected_output_loss_gradient(model_fn, x, y, loss_fn, eot_samples, images)
       log_mean = tf.reduce_logsumexp(log_probs, axis=0) - log_draws
       loss = loss_fn(log_mean, part_y)
       total_loss = tf.reduce_sum(loss)
-    grads.append(tape.gradient(total_loss, part_x))
+    grads.append(finite_or_zero(tape.gradient(
+        total_loss, part_x,
+        unconnected_gradients=tf.UnconnectedGradients.ZERO)))
     losses.append(loss)
   return tf.concat(losses, 0), tf.concat(grads, 0)

@@ -254,25 +254,17 @@ def _specs():
                  "MI-DI PGD (momentum, input diversity) on f_a alone, replayed",
                  TRANSFER, _TRANSFER_FIELDS,
                  transfer_build("classifier", **MI_DI), needs_transform=True),
-      AttackSpec("blackbox_transfer",
-                 "PGD on an independently trained surrogate, replayed", TRANSFER,
-                 _TRANSFER_FIELDS, transfer_build("surrogate"),
-                 needs_surrogate="surrogate"),
-      AttackSpec("blackbox_transfer_mi_di",
-                 "MI-DI PGD on an independently trained surrogate, replayed",
-                 TRANSFER, _TRANSFER_FIELDS,
-                 transfer_build("surrogate", **MI_DI),
-                 needs_surrogate="surrogate"),
-      AttackSpec("adv_surrogate_transfer",
-                 "PGD on an adversarially trained surrogate, replayed",
-                 TRANSFER, _TRANSFER_FIELDS,
-                 transfer_build("adversarial_surrogate"),
-                 needs_surrogate="adversarial_surrogate"),
-      AttackSpec("adv_surrogate_transfer_mi_di",
-                 "MI-DI PGD on an adversarially trained surrogate, replayed",
-                 TRANSFER, _TRANSFER_FIELDS,
-                 transfer_build("adversarial_surrogate", **MI_DI),
-                 needs_surrogate="adversarial_surrogate"),
+  ] + [
+      AttackSpec(f"{prefix}{'_mi_di' if options else ''}",
+                 f"{'MI-DI ' if options else ''}PGD on an {trained} "
+                 "surrogate, replayed", TRANSFER, _TRANSFER_FIELDS,
+                 transfer_build(source, **options), needs_surrogate=source)
+      for prefix, source, trained in (
+          ("blackbox_transfer", "surrogate", "independently trained"),
+          ("adv_surrogate_transfer", "adversarial_surrogate",
+           "adversarially trained"))
+      for options in ({}, MI_DI)
+  ] + [
       AttackSpec(NO_BPDA_SPEC,
                  "APGD-CE on the model's own gradients, without BPDA (None "
                  "read as zero): the comparison of the masking checks",

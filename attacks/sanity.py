@@ -48,8 +48,7 @@ def _ce_gradient(model_fn, x, y):
   Through `common.chunk_loss_gradient`, so a model_fn that computes its own
   gradient (the compiled path of `attacks.model_fns.DefendedModelFn`) does.
   """
-  _, grad, _ = common.chunk_loss_gradient(model_fn, x, y, _ce)
-  return tf.zeros_like(x) if grad is None else grad
+  return common.chunk_loss_gradient(model_fn, x, y, _ce)[1]
 
 
 def gradient_stats(model_fn, x, y):

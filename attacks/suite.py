@@ -62,7 +62,7 @@ from attacks.target import Target
 
 __all__ = [
     "AttackResult", "COMPLETE", "INCOMPLETE", "SUSPECT", "SuiteResult",
-    "attack_seed", "budget_record", "check_adversarial", "count_passes", "reseeded", "rerun",
+    "attack_seed", "check_adversarial", "count_passes", "reseeded", "rerun",
     "run_attack", "run_suite", "score_clean", "score_images", "scoring_seed",
     "worst_case"
 ]
@@ -167,11 +167,6 @@ def scoring_seed(seed, name):
   is scored with its own independent draws and a rerun repeats them.
   """
   return attack_seed(seed, f"{name}/scoring")
-
-
-def budget_record(spec, target, budget):
-  """The budget fields an attack used, as recorded (`AttackSpec.derive`)."""
-  return spec.derive(budget, target)
 
 
 def check_adversarial(x_adv, x, budget, name):

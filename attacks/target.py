@@ -7,51 +7,17 @@ its layers white-box attacks differentiate through BPDA.
 """
 
 import keras
-import tensorflow as tf
 
 from adv_layer.layer import find_transforms
 from attacks import bpda
 from attacks import model_fns
 
-__all__ = ["NO_BPDA", "Target", "connected", "finite_gradient"]
+__all__ = ["NO_BPDA", "Target"]
 
 # The estimator of the plain-gradient comparison attack on a model whose
 # masked layers are wrapped with BPDA: the model's own gradients, a None
 # gradient read as zero (`NO_BPDA_SPEC`).
 NO_BPDA = "no_bpda"
-
-
-@tf.custom_gradient
-def finite_gradient(images):
-  """`images` unchanged; their gradient with non-finite entries set to 0.
-
-  A model whose outputs are NaN on some images would otherwise send NaN
-  steps into an attack and NaN into every image of its batch's step; those
-  images stay where they are instead (their outputs are never counted as
-  correct, `attacks.scoring`), as `AdversarialTransform` treats f_b's.
-  """
-
-  def grad(upstream):
-    return tf.where(tf.math.is_finite(upstream), upstream,
-                    tf.zeros_like(upstream))
-
-  return tf.identity(images), grad
-
-
-@tf.custom_gradient
-def _zero_link(images):
-  """0.0, with an exactly zero gradient (never NaN) with respect to `images`."""
-  return tf.zeros([], images.dtype), lambda upstream: tf.zeros_like(images)
-
-
-def connected(outputs, images):
-  """`outputs`, unchanged, with a gradient path to `images` that adds zero.
-
-  A model whose input gradient is None (a non-differentiable layer left
-  unwrapped) then gives attacks a zero gradient, which the sanity checks
-  flag, instead of failing inside them.
-  """
-  return outputs + tf.cast(_zero_link(images), outputs.dtype)
 
 
 class Target:
@@ -140,7 +106,6 @@ class Target:
     """
     if not self.defended:
       model = self.gradient_model(NO_BPDA if estimator == NO_BPDA else None)
-      return lambda images: connected(
-          model(finite_gradient(images), training=False), images)
+      return lambda images: model(images, training=False)
     return model_fns.defended_model_fn(self.model, estimator, seed=seed,
                                         **estimator_kwargs)

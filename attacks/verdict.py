@@ -113,9 +113,8 @@ def check_nonfinite_outputs(counts):
 
 def nonfinite_counts(suite_result):
   """Run name ("clean", then each attack) -> its non-finite outputs."""
-  counts = {"clean": getattr(suite_result.clean, "nonfinite", 0)}
-  counts.update({r.name: getattr(r.score, "nonfinite", 0)
-                 for r in suite_result.results})
+  counts = {"clean": suite_result.clean.nonfinite}
+  counts.update({r.name: r.score.nonfinite for r in suite_result.results})
   return counts
 
 

@@ -323,10 +323,9 @@ def make_target(config, model, x, names, opts):
   """
   checks = model_checks.check_model(model, x, opts.randomized, opts.bpda,
                                   opts.seed)
-  target = suite.Target(model, randomized=checks.randomized,
-                        bpda_layers=list(checks.bpda_layers))
+  defended = bool(adv_layer.find_transforms(model))
   trainable = config.train_surrogates and (
-      target.defended or target.randomized or target.bpda_layers)
+      defended or checks.randomized or checks.bpda_layers)
   train_data = None
   given = {"surrogate": config.surrogate,
            "adversarial_surrogate": config.adversarial_surrogate}
@@ -344,7 +343,7 @@ def make_target(config, model, x, names, opts):
       model, names, config.report_dir, given, train_data,
       config.surrogate_preset, config.seed, drop=list(checks.bpda_layers))
   train_images = None
-  if "reparam" in names and target.defended:
+  if "reparam" in names and defended:
     train_images = load_images(config, "train", config.reparam_images)[0]
   return suite.Target(
       model, surrogate=models["surrogate"], train_images=train_images,
