@@ -1,6 +1,7 @@
 """`AdversarialTransform`: the defense of Xiao & Zheng (CVPR 2020) as a Keras layer."""
 
 import contextlib
+import contextvars
 
 import keras
 import numpy as np
@@ -20,6 +21,10 @@ PROBABILITY_ATOL = 2e-3
 # Outputs spread over less than this are constant (e.g. float noise around
 # the all-zero logits of zero-initialised weights): they prove nothing.
 CONSTANT_SPREAD = 1e-4
+# True while `from_config` rebuilds a saved layer: its f_b holds initial
+# weights until the saved ones load, so the output probe would judge those.
+_LOADING = contextvars.ContextVar("adversarial_transform_loading",
+                                  default=False)
 
 
 def require_tensorflow_backend(owner):
@@ -195,7 +200,8 @@ class AdversarialTransform(keras.layers.Layer):
   `value_range` (`probe_images`) look like probabilities
   (`looks_like_probabilities`: a softmax or sigmoid head, also nested or in a
   `Lambda`). The probe runs at construction when f_b's input shape is known,
-  else when the layer is built.
+  else when the layer is built; not when a saved layer loads (its f_b holds
+  initial weights until the saved ones load, and it was probed when made).
 
   A batch of 0 images gives an empty batch (f_b is not called; the seed
   generator still advances by one, as on every call).
@@ -271,7 +277,8 @@ class AdversarialTransform(keras.layers.Layer):
     self.step_size = transform.validate_transform_args(
         epsilon, steps, step_size, target, value_range)
     self.f_b = f_b
-    self._probed = False
+    # A saved layer was probed when it was made (see `from_config`).
+    self._probed = _LOADING.get()
     self.f_b.trainable = False
     self.epsilon = float(epsilon)
     self.steps = int(steps)
@@ -507,7 +514,13 @@ class AdversarialTransform(keras.layers.Layer):
     config = dict(config)
     config["f_b"] = keras.saving.deserialize_keras_object(config["f_b"])
     config["value_range"] = tuple(config["value_range"])
-    return cls(**config)
+    # No output probe: f_b's saved weights load only after the layer is made
+    # and built, and a probe of its initial weights could refuse a valid file.
+    token = _LOADING.set(True)
+    try:
+      return cls(**config)
+    finally:
+      _LOADING.reset(token)
 
 
 @contextlib.contextmanager

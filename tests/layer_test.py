@@ -242,6 +242,25 @@ class LayerContractTest(tf.test.TestCase):
       self.assertAllEqual(model.predict(self.x, verbose=0),
                           loaded.predict(self.x, verbose=0))
 
+  def test_loading_does_not_probe_f_b_before_its_weights_load(self):
+    # f_b's initializers give outputs in [0, 1] (what the probe refuses); its
+    # trained weights give logits far below 0. A load must judge neither:
+    # the saved weights are not there yet when the layer is rebuilt.
+    f_b = keras.Sequential([
+        keras.Input(SHAPE), keras.layers.Flatten(),
+        keras.layers.Dense(CLASSES, bias_initializer=keras.initializers.Constant(0.5),
+                           kernel_initializer=keras.initializers.RandomUniform(
+                               0.0, 0.01, seed=0))])
+    self.assertTrue(adv_layer.layer.looks_like_probabilities(
+        f_b(adv_layer.layer.probe_images(SHAPE))))
+    f_b.layers[-1].kernel.assign(-np.ones((16, CLASSES), np.float32))
+    model = keras.Sequential([keras.Input(SHAPE), AdversarialTransform(
+        f_b, steps=2, seed=1, pin_seed=True)])
+    path = os.path.join(self.get_temp_dir(), "probed_once.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    self.assertAllEqual(model(self.x), loaded(self.x))
+
   def test_tf_data_map(self):
     f_b = tiny_f_b()
     layer = AdversarialTransform(f_b, steps=3, seed=6, pin_seed=True)
@@ -433,9 +452,12 @@ class SavedRandomnessTest(tf.test.TestCase):
         layer.pin_seed = True
       paths.append(os.path.join(self.get_temp_dir(), f"{name}.keras"))
       model.save(paths[-1])
-    runs = [subprocess.run([sys.executable, "-c", DRAW_SCRIPT] + paths,
-                           capture_output=True, text=True, timeout=300,
-                           check=True).stdout.split() for _ in range(2)]
+    runs = []
+    for _ in range(2):
+      run = subprocess.run([sys.executable, "-c", DRAW_SCRIPT] + paths,
+                           capture_output=True, text=True, timeout=300)
+      self.assertEqual(run.returncode, 0, msg=run.stderr[-3000:])
+      runs.append(run.stdout.split())
     (default_1, none_1, pinned_1), (default_2, none_2, pinned_2) = runs
     self.assertNotEqual(default_1, default_2)
     self.assertNotEqual(none_1, none_2)
