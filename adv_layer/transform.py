@@ -14,8 +14,8 @@ smooth surrogates, so the defense and its attacks cannot drift apart.
 examples (ascend the loss of given `labels`).
 
 Called eagerly with the exact operators, `ll_pgd` runs its loop as one
-compiled `tf.function` (traced once per f_b, settings and image rank; the
-batch size is relaxed), as fast as a call inside the user's own function.
+compiled `tf.function` (traced once per f_b, settings and image shape, with
+an open batch size), as fast as a call inside the user's own function.
 Calls with surrogate operators run as written (eagerly or in the caller's
 graph), since each surrogate would need a trace of its own.
 
@@ -281,8 +281,14 @@ def ll_pgd(f_b,
   exact = sign_fn is tf.sign and project_fn is project
   counter = pass_counter(f_b)
   if exact and not tf.inside_function():
-    return _compiled_loop(f_b, tf.cast(x, tf.float32), seed, noise, labels,
-                          counter, **settings)
+    x = tf.cast(x, tf.float32)
+    noise, labels = (None if v is None else tf.convert_to_tensor(v)
+                     for v in (noise, labels))
+    # Traced once with an open batch size, so no batch size traces again.
+    _compiled_loop.get_concrete_function(
+        f_b, _open_batch(x), seed, _open_batch(noise), _open_batch(labels),
+        counter, **settings)
+    return _compiled_loop(f_b, x, seed, noise, labels, counter, **settings)
   return _loop(f_b, x, seed, noise, labels, counter, sign_fn=sign_fn,
                project_fn=project_fn, **settings)
 
@@ -320,9 +326,17 @@ def _loop(f_b, x, seed, noise, labels, counter, epsilon, steps, step_size,
 
 
 # One trace per (f_b, seed object, settings, noise/labels/counter given or
-# not, image rank); `reduce_retracing` relaxes the batch size after the second
-# shape. A counter is an argument (a resource), so any counter reuses a trace.
+# not, image shape), with an open batch size (`ll_pgd` traces it so; a trace
+# per batch size would cost seconds each for a real f_b). A counter is an
+# argument (a resource), so any counter reuses a trace.
 _compiled_loop = tf.function(_loop, reduce_retracing=True)
+
+
+def _open_batch(tensor):
+  """`tensor`'s spec with the batch size left open; None and scalars stay."""
+  if tensor is None or tensor.shape.rank == 0:
+    return tensor
+  return tf.TensorSpec([None] + tensor.shape[1:], tensor.dtype)
 # f_b's pass counters of `counting_passes`, per thread (evaluation replicas
 # run in threads, each counting its own copy of f_b): id(f_b) -> tf.Variable.
 _counters = threading.local()
