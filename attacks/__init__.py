@@ -37,7 +37,8 @@ Evaluation at scale:
   report       report.json, report.md and plots.
   export       robustbench.json, adversarial.npz, replay.
   runner       the names of plan/store/execute/merge/cost/export together.
-  evaluation   the whole pipeline as one call, `evaluate`.
+  evaluation   the whole pipeline as one call, `evaluate` (`prepare`: checked
+               and planned, to run in pieces).
 """
 
 from adv_layer import _tf_check  # pylint: disable=unused-import

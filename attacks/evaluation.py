@@ -28,6 +28,10 @@ What it finds about the model, it acts on and states in the report
 - A sign of gradient masking in the sanity checks makes the verdict SUSPECT,
   not COMPLETE (`attacks.sanity.verdict`).
 
+`prepare` is the same start (checks, target, plan) without running: a
+program that shards, dry-runs or replays (`examples/attack_eval.py`) calls
+its `run` and `report` itself.
+
 Example:
   >>> result = evaluate(model, x, y, attacks="adaptive", budget="smoke",
   ...                   report_dir="report/")
@@ -56,8 +60,8 @@ from attacks import sanity
 from attacks import suite
 
 __all__ = [
-    "Evaluation", "Options", "evaluate", "exit_status", "report_evaluation",
-    "run_units"
+    "Evaluation", "Options", "Prepared", "evaluate", "exit_status", "prepare",
+    "report_evaluation", "run_units"
 ]
 
 # Exit status of an evaluation whose verdict is SUSPECT.
@@ -306,6 +310,110 @@ def report_evaluation(report_dir, target, options, meta, start=None):
       paths=paths, suite_result=suite_result, report=written)
 
 
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+  """An evaluation checked and planned, before its first unit.
+
+  `evaluate` runs and reports it in one go; a program that also shards,
+  dry-runs or replays (`examples/attack_eval.py`) takes the pieces.
+
+  Attributes:
+    target: the `suite.Target` the units run on (randomness and BPDA
+      layers as `checks` found them).
+    plan: the `Plan` (built, and its model and images hashed, once).
+    checks: the `ModelChecks`.
+    x: the checked images.
+    y: the checked labels.
+    report_dir: the evaluation's folder.
+    options: the validated `Options`.
+    start: `time.perf_counter()` when the evaluation began.
+  """
+  target: suite.Target
+  plan: plan_lib.Plan
+  checks: model_checks.ModelChecks
+  x: np.ndarray
+  y: np.ndarray
+  report_dir: str
+  options: Options
+  start: float
+
+  def run(self, strategy=None, shard=plan_lib.Shard()):
+    """Runs this shard's unfinished units (`run_units`); returns its summary."""
+    return run_units(self.plan, self.target, self.x, self.y, self.report_dir,
+                     strategy, shard)
+
+  def report(self, meta):
+    """Merges, checks and writes the report (`report_evaluation`).
+
+    Args:
+      meta: run facts for report.json; `model_checks` is added.
+
+    Returns:
+      An `Evaluation`.
+    """
+    meta = dict(meta, model_checks=self.checks.to_dict())
+    return report_evaluation(self.report_dir, self.target, self.options, meta,
+                             self.start)
+
+
+def prepare(model, x, y, attacks="adaptive", budget="reference",
+            report_dir=None, options=None, surrogates=None, start=None,
+            **option_overrides):
+  """Checks the inputs and the model and plans the units (`evaluate`'s start).
+
+  Args:
+    model: as for `evaluate`.
+    x: float32 images inside the budget's value range.
+    y: int labels.
+    attacks: attack or preset names (`suite.resolve_attacks`).
+    budget: a `suite.BUDGET_PRESETS` name or a `suite.Budget`.
+    report_dir: the folder of units and reports (None: a new temporary
+      folder).
+    options: an `Options` (None: the defaults).
+    surrogates: None, or a callable `(model, checks) -> suite.Target` that
+      gives the model's surrogates and training images once the checks are
+      known (e.g. trains them only for a randomized model); None keeps
+      those of `model` when it is a `Target`.
+    start: `time.perf_counter()` when the evaluation began (None: now).
+    **option_overrides: `Options` fields to replace.
+
+  Returns:
+    A `Prepared`.
+
+  Raises:
+    ValueError: for a bad argument, naming it.
+  """
+  start = time.perf_counter() if start is None else start
+  options = dataclasses.replace(options or Options(),
+                                **option_overrides).validate()
+  if isinstance(budget, str):
+    budget, draws, _ = budgets.make_budget(budget, 8 / 255, {})
+  else:
+    draws = suite.REFERENCE_DRAWS
+  draws = options.draws or draws
+  preflight.check_epsilon(budget.epsilon, budget.value_range,
+                          allow_large=options.allow_large_epsilon)
+  report_dir = report_dir or tempfile.mkdtemp(prefix="evaluation_")
+  preflight.check_report_dir(report_dir)
+  given = model if isinstance(model, suite.Target) else suite.Target(model)
+  x, y = plan_lib.check_images(x, y, budget)
+  preflight.probe_model(given.model, x,
+                        options.num_classes or int(np.max(y)) + 1,
+                        exact=options.num_classes is not None)
+  checks = model_checks.check_model(given.model, x, options.randomized,
+                                    options.bpda, options.seed)
+  if surrogates is not None:
+    given = surrogates(given.model, checks)
+  target = suite.Target(given.model, surrogate=given.surrogate,
+                        train_images=given.train_images,
+                        adversarial_surrogate=given.adversarial_surrogate,
+                        randomized=checks.randomized,
+                        bpda_layers=list(checks.bpda_layers))
+  plan = plan_lib.make_plan(target, x, y, suite.resolve_attacks(attacks),
+                            budget, options.seed, draws, options.unit_size)
+  return Prepared(target, plan, checks, x, y, report_dir, options, start)
+
+
 def evaluate(model, x, y, attacks="adaptive", budget="reference",
              report_dir=None, options=None, **option_overrides):
   """Evaluates a Keras classifier under attack, start to finish.
@@ -330,34 +438,9 @@ def evaluate(model, x, y, attacks="adaptive", budget="reference",
     ValueError: for a bad argument, or a report_dir holding another
       evaluation, naming what differs.
   """
-  start = time.perf_counter()
-  options = dataclasses.replace(options or Options(),
-                                **option_overrides).validate()
-  if isinstance(budget, str):
-    budget, draws, _ = budgets.make_budget(budget, 8 / 255, {})
-  else:
-    draws = suite.REFERENCE_DRAWS
-  draws = options.draws or draws
-  preflight.check_epsilon(budget.epsilon, budget.value_range,
-                          allow_large=options.allow_large_epsilon)
-  report_dir = report_dir or tempfile.mkdtemp(prefix="evaluation_")
-  preflight.check_report_dir(report_dir)
-  given = model if isinstance(model, suite.Target) else suite.Target(model)
-  x, y = plan_lib.check_images(x, y, budget)
-  preflight.probe_model(given.model, x,
-                        options.num_classes or int(np.max(y)) + 1,
-                        exact=options.num_classes is not None)
-  checks = model_checks.check_model(given.model, x, options.randomized,
-                                    options.bpda, options.seed)
-  target = suite.Target(given.model, surrogate=given.surrogate,
-                        train_images=given.train_images,
-                        adversarial_surrogate=given.adversarial_surrogate,
-                        randomized=checks.randomized,
-                        bpda_layers=list(checks.bpda_layers))
-  plan = plan_lib.make_plan(target, x, y, suite.resolve_attacks(attacks),
-                            budget, options.seed, draws, options.unit_size)
-  run_units(plan, target, x, y, report_dir)
-  meta = {"data": options.data_name, "model": options.model_name,
-          "attacks_requested": list(suite.resolve_attacks(attacks)),
-          "model_checks": checks.to_dict()}
-  return report_evaluation(report_dir, target, options, meta, start)
+  prepared = prepare(model, x, y, attacks, budget, report_dir, options,
+                     **option_overrides)
+  prepared.run()
+  return prepared.report({
+      "data": prepared.options.data_name, "model": prepared.options.model_name,
+      "attacks_requested": list(suite.resolve_attacks(attacks))})

@@ -12,8 +12,9 @@ for code that reaches them as `attacks.runner.*`:
 - `attacks.cost`: `estimate_cost`, the dry run.
 - `attacks.export`: robustbench.json, adversarial.npz and `replay`.
 
-`attacks.evaluation.evaluate` runs the whole pipeline; use these for shards,
-clusters and custom schedules.
+`attacks.evaluation.evaluate` runs the whole pipeline and
+`attacks.evaluation.prepare` its checked, planned start; use these for
+shards, clusters and custom schedules.
 
 Example (shard i of 2; `examples/attack_eval.py` is the command line):
 

@@ -83,6 +83,7 @@ import os
 # AVX-512), where TensorFlow leaves them off by default; set before TF loads.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
+import functools
 import json
 import sys
 import time
@@ -295,10 +296,10 @@ def data_name(config):
           config.dataset)
 
 
-def options(config):
-  """The `evaluation.Options` of the flags."""
+def options(config, draws):
+  """The `evaluation.Options` of the flags, with R = `draws`."""
   return evaluation.Options(
-      seed=config.seed, unit_size=config.unit_size,
+      draws=draws, seed=config.seed, unit_size=config.unit_size,
       randomized=config.randomized,
       bpda=(config.bpda_layers if config.bpda_layers else
             "auto" if config.bpda else "off"),
@@ -310,19 +311,17 @@ def options(config):
       model_name=config.model_name or config.model).validate()
 
 
-def make_target(config, model, x, names, opts):
-  """The `suite.Target`: the model looked at, its surrogates and data.
+def with_surrogates(config, names, paths, model, checks):
+  """The model with the surrogates and training images its attacks need.
 
   Surrogates a planned attack needs are given, reused from --report_dir or
   trained (for a model that is randomized, holds a transform or has
   BPDA-wrapped layers; a deterministic plain classifier is its own best
-  source).
+  source). Where each came from is put into `paths`.
 
   Returns:
-    `(target, checks, surrogate_paths)`.
+    A `suite.Target` (`evaluation.prepare` adds what `checks` found).
   """
-  checks = model_checks.check_model(model, x, opts.randomized, opts.bpda,
-                                  opts.seed)
   defended = bool(adv_layer.find_transforms(model))
   trainable = config.train_surrogates and (
       defended or checks.randomized or checks.bpda_layers)
@@ -339,22 +338,21 @@ def make_target(config, model, x, names, opts):
     train_data = data.load_arrays(
         config.dataset, f"train[:{count}]" if count else "train",
         data_dir=config.data_dir)
-  models, paths = surrogates.train_surrogates(
+  models, found = surrogates.train_surrogates(
       model, names, config.report_dir, given, train_data,
       config.surrogate_preset, config.seed, drop=list(checks.bpda_layers))
+  paths.update(found)
   train_images = None
   if "reparam" in names and defended:
     train_images = load_images(config, "train", config.reparam_images)[0]
   return suite.Target(
       model, surrogate=models["surrogate"], train_images=train_images,
-      adversarial_surrogate=models["adversarial_surrogate"],
-      randomized=checks.randomized,
-      bpda_layers=list(checks.bpda_layers)), checks, paths
+      adversarial_surrogate=models["adversarial_surrogate"])
 
 
-def dry_run(config, plan, target, x, y, strategy):
+def dry_run(config, prepared, strategy):
   """Prints the estimated cost of the evaluation."""
-  count = len(plan.attacks) + 1
+  count = len(prepared.plan.attacks) + 1
   with tqdm.tqdm(total=count, desc="dry run probes") as bar:
 
     def probed(name):
@@ -364,7 +362,8 @@ def dry_run(config, plan, target, x, y, strategy):
     shards = distributed.shard_of(strategy, config.num_shards,
                                   config.shard_index)[0]
     estimate = cost.estimate_cost(
-        plan, target, x, y, probe_images=config.probe_images,
+        prepared.plan, prepared.target, prepared.x, prepared.y,
+        probe_images=config.probe_images,
         shards=sorted({1, len(distributed.local_devices(strategy)) * shards}),
         progress=probed)
   print(estimate.table())
@@ -383,35 +382,32 @@ def evaluate(config):
   budget, draws, num_examples = make_budget(
       config.budget, common.parse_epsilon(config.epsilon),
       {name: getattr(config, name) for name in OVERRIDES})
+  # What needs no model or data is checked before loading them.
   preflight.check_epsilon(budget.epsilon, budget.value_range,
                           allow_large=config.allow_large_epsilon)
   preflight.check_report_dir(config.report_dir)
   names = suite.resolve_attacks(config.attacks)
-  opts = options(config)
+  opts = options(config, draws)
   model = load_model(config.model)
   x, y, num_classes = load_images(config, config.split, num_examples)
-  x, y = plan_lib.check_images(x, y, budget)
-  preflight.probe_model(model, x, num_classes or int(np.max(y)) + 1,
-                        exact=num_classes is not None)
-  target, checks, paths = make_target(config, model, x, names, opts)
+  paths = {}
+  prepared = evaluation.prepare(
+      model, x, y, names, budget, config.report_dir, opts,
+      surrogates=functools.partial(with_surrogates, config, names, paths),
+      start=start, num_classes=num_classes)
   if config.replay_attack:
-    outcome = export.replay(target, os.path.join(config.report_dir,
-                                                 export.EXAMPLES_FILE),
-                            config.replay_example, config.replay_attack,
-                            recraft=config.recraft)
+    outcome = export.replay(prepared.target, os.path.join(
+        config.report_dir, export.EXAMPLES_FILE), config.replay_example,
+                            config.replay_attack, recraft=config.recraft)
     print(json.dumps(outcome, indent=1))
     return 0
-  plan = plan_lib.make_plan(target, x, y, names, budget, config.seed, draws,
-                            config.unit_size)
   if config.dry_run:
-    dry_run(config, plan, target, x, y, strategy)
+    dry_run(config, prepared, strategy)
     return 0
   if not config.merge_only:
-    shard = plan_lib.Shard(config.num_shards, config.shard_index)
-    summary = evaluation.run_units(
-        plan, target, x, y, config.report_dir,
+    summary = prepared.run(
         strategy=None if config.strategy == "default" else strategy,
-        shard=shard)
+        shard=plan_lib.Shard(config.num_shards, config.shard_index))
     failed = 1 if summary.failed and not config.keep_going else 0
     if config.strategy == "multi_worker" and not training.is_chief(strategy):
       print("Worker done (every worker is); the chief writes the report.")
@@ -420,7 +416,7 @@ def evaluate(config):
       print(f"Shard {config.shard_index} of {config.num_shards} done; when "
             "every shard is, rerun with --merge_only for the report.")
       return failed
-  meta = {
+  result = prepared.report({
       "data": data_name(config), "dataset": config.dataset,
       "split": f"{config.split}[:{num_examples}]", "model": config.model,
       "surrogate": paths["surrogate"],
@@ -429,10 +425,7 @@ def evaluate(config):
       "attacks_requested": config.attacks,
       "budget_preset": config.budget,
       "imports": getattr(config, "import"),
-      "model_checks": checks.to_dict(),
-  }
-  result = evaluation.report_evaluation(config.report_dir, target, opts, meta,
-                                        start)
+  })
   print(result)
   print(f"Report: {os.path.abspath(result.paths['md'])} "
         f"({time.perf_counter() - start:.1f} s)")

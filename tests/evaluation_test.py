@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from attacks import evaluation
 from attacks import model_checks
+from attacks import plan as plan_lib
 from attacks import suite
 from tests import attack_properties
 
@@ -69,14 +70,20 @@ def own_labels(model, count=8):
   return x, np.argmax(model(x, training=False), axis=-1).astype(np.int32)
 
 
+# A radius of eight grid steps: the tiny classifier's margins need it.
+BUDGET = suite.Budget(epsilon=8 * STEP, steps=10, eot_samples=4, queries=20,
+                      query_draws=2)
+
+
+def run_options(**options):
+  return dict(dict(draws=3, unit_size=8, eot_curve=(), grid_images=0,
+                   convergence=False, num_classes=3), **options)
+
+
 def run(model, x, y, attacks, **options):
-  options = dict(dict(draws=3, unit_size=8, eot_curve=(), grid_images=0,
-                      convergence=False, num_classes=3), **options)
-  # A radius of eight grid steps: the tiny classifier's margins need it.
-  budget = suite.Budget(epsilon=8 * STEP, steps=10, eot_samples=4,
-                        queries=20, query_draws=2)
-  return evaluation.evaluate(model, x, y, attacks=attacks, budget=budget,
-                             report_dir=tempfile.mkdtemp(), **options)
+  return evaluation.evaluate(model, x, y, attacks=attacks, budget=BUDGET,
+                             report_dir=tempfile.mkdtemp(),
+                             **run_options(**options))
 
 
 class RandomizedModelTest(tf.test.TestCase):
@@ -160,6 +167,46 @@ class NonDifferentiableModelTest(tf.test.TestCase):
     self.assertTrue(result.report["verdict"].startswith("SUSPECT"))
     with open(result.paths["md"]) as f:
       self.assertIn("Verdict: SUSPECT (gradient masking)", f.read())
+
+
+class PrepareTest(tf.test.TestCase):
+  """`prepare`: the checked, planned start that a program runs in pieces."""
+
+  def test_two_shards_report_what_evaluate_reports(self):
+    model = defended(Noise(seed=1))
+    x, y = own_labels(model)
+    attacks = ["apgd_ce_bpda_identity", "square"]
+    whole = run(model, x, y, attacks, unit_size=4)
+    prepared = evaluation.prepare(model, x, y, attacks, BUDGET,
+                                  tempfile.mkdtemp(),
+                                  **run_options(unit_size=4))
+    self.assertTrue(prepared.checks.randomized)
+    self.assertTrue(prepared.target.randomized)
+    ran = [len(prepared.run(shard=plan_lib.Shard(2, i)).ran) for i in (0, 1)]
+    self.assertEqual(ran, [3, 3])  # 2 blocks x (clean + 2 attacks), split.
+    pieces = prepared.report({"data": "tiny"})
+    self.assertEqual(pieces.verdict, whole.verdict)
+    self.assertEqual(pieces.rows, whole.rows)
+    self.assertAllEqual(pieces.worst["robust"], whole.worst["robust"])
+    self.assertEqual(pieces.report["meta"]["model_checks"],
+                     whole.report["meta"]["model_checks"])
+
+  def test_surrogates_are_made_once_the_checks_are_known(self):
+    model = defended(Noise(seed=1))
+    x, y = own_labels(model)
+    surrogate = attack_properties.tiny_model(seed=7, classes=3)
+    seen = []
+
+    def with_surrogate(given, checks):
+      seen.append((given, checks.randomized))
+      return suite.Target(given, surrogate=surrogate)
+
+    prepared = evaluation.prepare(model, x, y, ["blackbox_transfer"], BUDGET,
+                                  tempfile.mkdtemp(),
+                                  surrogates=with_surrogate, **run_options())
+    self.assertEqual(seen, [(model, True)])
+    self.assertIs(prepared.target.surrogate, surrogate)
+    self.assertTrue(prepared.target.randomized)
 
 
 class EvaluateArgumentsTest(tf.test.TestCase):
