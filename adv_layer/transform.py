@@ -211,7 +211,16 @@ def _input_gradient(f_b, x_adv, labels, counter):
     loss = tf.reduce_sum(
         tf.nn.sparse_softmax_cross_entropy_with_logits(
             labels=labels, logits=_logits(f_b, x_adv, counter)))
-  grad = tape.gradient(loss, x_adv)
+  return finite_or_zero(tape.gradient(loss, x_adv))
+
+
+def finite_or_zero(grad):
+  """`grad` with its NaN and inf entries set to 0 (bit for bit elsewhere).
+
+  One bad pixel then makes no step on that pixel instead of turning the
+  whole step into NaN (the transform's loop and every attack's gradient,
+  `attacks.common`, use it).
+  """
   return tf.where(tf.math.is_finite(grad), grad, tf.zeros_like(grad))
 
 
@@ -337,6 +346,8 @@ def _open_batch(tensor):
   if tensor is None or tensor.shape.rank == 0:
     return tensor
   return tf.TensorSpec([None] + tensor.shape[1:], tensor.dtype)
+
+
 # f_b's pass counters of `counting_passes`, per thread (evaluation replicas
 # run in threads, each counting its own copy of f_b): id(f_b) -> tf.Variable.
 _counters = threading.local()

@@ -28,10 +28,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["BPDA", "bpda", "layer_paths", "wrap_layers"]
+__all__ = ["BPDA", "accepts", "bpda", "is_graph_model", "layer_paths",
+           "wrap_layers"]
 
 
-def _accepts(layer, argument):
+def accepts(layer, argument):
   """Whether `layer`'s `call` takes `argument`."""
   call = getattr(layer, "call", None)
   if call is None:
@@ -112,7 +113,7 @@ class BPDA(keras.layers.Layer):
     super().__init__(**kwargs)
     self.layer = layer
     self.backward = backward
-    self._pass_training = _accepts(layer, "training")
+    self._pass_training = accepts(layer, "training")
 
   def build(self, input_shape):
     if not self.layer.built:
@@ -134,7 +135,7 @@ class BPDA(keras.layers.Layer):
           f"was given {type(inputs).__name__}. Received: inputs={inputs!r}")
     x = tf.convert_to_tensor(inputs)
     kwargs = {"training": training} if self._pass_training else {}
-    if mask is not None and _accepts(self.layer, "mask"):
+    if mask is not None and accepts(self.layer, "mask"):
       kwargs["mask"] = mask
     outputs = self.layer(tf.stop_gradient(x), **kwargs)
     if not tf.is_tensor(outputs):
@@ -228,7 +229,8 @@ def bpda(layer, backward=None):
   return BPDA(layer, backward=backward)
 
 
-def _is_graph_model(layer):
+def is_graph_model(layer):
+  """Whether `layer` is a Sequential or functional model (a graph of layers)."""
   return isinstance(layer, keras.Sequential) or (
       isinstance(layer, keras.Model) and hasattr(layer, "_nodes_by_depth"))
 
@@ -253,7 +255,7 @@ def layer_paths(model, prefix=""):
       continue
     path = f"{prefix}{layer.name}"
     found.append((path, layer))
-    if _is_graph_model(layer):
+    if is_graph_model(layer):
       found.extend(layer_paths(layer, prefix=f"{path}/"))
   return found
 
@@ -281,7 +283,7 @@ def wrap_layers(model, names, backward=None):
     ValueError: for an empty `names` or a name that matches no layer (the
       message lists the known paths).
   """
-  if not _is_graph_model(model):
+  if not is_graph_model(model):
     raise TypeError("`model` must be a Sequential or functional Keras model. "
                     f"Received: model={model!r}")
   if isinstance(names, str):
@@ -314,7 +316,7 @@ def _rebuild(model, targets, backward, cache):
       return cache[id(layer)]
     if id(layer) in targets:
       new = BPDA(layer, backward=backward)
-    elif _is_graph_model(layer) and _contains(layer, targets):
+    elif is_graph_model(layer) and _contains(layer, targets):
       new = _rebuild(layer, targets, backward, cache)
     else:
       new = layer

@@ -12,6 +12,7 @@ import numbers
 import keras
 import tensorflow as tf
 
+from adv_layer.transform import finite_or_zero
 from adv_layer.transform import project
 
 __all__ = [
@@ -339,17 +340,6 @@ def eot_loss_gradient(model_fn, x, y, loss_fn, eot_samples=1, chunk_size=None,
   if return_logits:
     return mean_loss, mean_grad, tf.concat(logits, 0)
   return mean_loss, mean_grad
-
-
-def finite_or_zero(grad):
-  """`grad` with its NaN and inf entries set to 0 (bit for bit elsewhere).
-
-  An image whose output is not finite (or a model whose gradient is cut,
-  read as zero) then stays where it is in an attack's step instead of
-  turning the step into NaN; the evaluation reports such outputs and
-  gradients (`attacks.verdict`), as neural-structured-learning does.
-  """
-  return tf.where(tf.math.is_finite(grad), grad, tf.zeros_like(grad))
 
 
 def chunk_loss_gradient(model_fn, x, y, loss_fn):

@@ -29,7 +29,6 @@ it shifts no draws a later attack or evaluation sees.
 
 import contextlib
 import dataclasses
-import inspect
 
 import keras
 import numpy as np
@@ -37,6 +36,7 @@ import tensorflow as tf
 
 from adv_layer.layer import AdversarialTransform
 from adv_layer.layer import pinned_draws
+from attacks import bpda
 from attacks import common
 
 __all__ = [
@@ -81,19 +81,9 @@ def _float_probe(x, probe_images):
   return x
 
 
-def _accepts_training(layer):
-  call = getattr(layer, "call", None)
-  if call is None:
-    return False
-  try:
-    return "training" in inspect.signature(call).parameters
-  except (TypeError, ValueError):
-    return False
-
-
 def _inference_call(layer, *args, **kwargs):
   """`layer(*args, **kwargs)` with `training=False` where it is accepted."""
-  if _accepts_training(layer):
+  if bpda.accepts(layer, "training"):
     kwargs["training"] = False
   return layer(*args, **kwargs)
 
@@ -363,11 +353,6 @@ def _layer_calls(model, inputs):
   return None
 
 
-def _is_graph_model(layer):
-  return isinstance(layer, keras.Sequential) or (
-      isinstance(layer, keras.Model) and hasattr(layer, "_nodes_by_depth"))
-
-
 def masked_layers(model, x, probe_images=4, seed=0):
   """Layers whose input gradient is None, zero or not finite.
 
@@ -409,7 +394,7 @@ def masked_layers(model, x, probe_images=4, seed=0):
           isinstance(layer, (keras.layers.InputLayer, AdversarialTransform))):
         continue
       path = f"{prefix}{layer.name}"
-      if _is_graph_model(layer) and layer is not current:
+      if bpda.is_graph_model(layer) and layer is not current:
         # Keyword arguments of a nested model's node are its masks (None here).
         probe(layer, args[0] if len(args) == 1 else args, f"{path}/")
         continue

@@ -252,7 +252,8 @@ def _eot_curve(target, suite_result, x, y, samples, rerun):
   return reference.name, curve
 
 
-def report_evaluation(report_dir, target, options, meta, start=None):
+def report_evaluation(report_dir, target, options, meta, start=None,
+                      model_digest=None):
   """Merges the units, runs the sanity checks and writes every report file.
 
   Args:
@@ -262,11 +263,21 @@ def report_evaluation(report_dir, target, options, meta, start=None):
     meta: run facts for report.json (`data`, `split`, `model`, ...;
       `model_checks` states what `check_model` found).
     start: `time.perf_counter()` at the start, for `elapsed_s`.
+    model_digest: the digest of `target.model` (`Plan.model_digest`), or
+      None to trust the units' own.
 
   Returns:
     An `Evaluation`.
+
+  Raises:
+    ValueError: if `model_digest` is not the model the units ran on.
   """
   merged = merge.merge(report_dir, allow_incomplete=True)
+  if model_digest not in (None, merged.plan.model_digest):
+    raise ValueError(
+        f"The units in {report_dir} ran on another model than the one given "
+        f"(digest {merged.plan.model_digest}); the sanity reruns would mix "
+        f"the two. Received: model digest {model_digest}")
   suite_result, x, y = merged.suite_result, merged.x, merged.y
   print("Sanity checks (extra attack runs) ...")
   checks_start = time.perf_counter()
@@ -289,13 +300,11 @@ def report_evaluation(report_dir, target, options, meta, start=None):
   meta = dict(meta)
   if start is not None:
     meta["elapsed_s"] = time.perf_counter() - start
-  paths = report.write_report(report_dir, suite_result, flags, extras, meta,
-                              grid=_transform_grid(target, suite_result, x,
-                                                   options),
-                              eot_curve=curve)
+  paths, written = report.write_report(
+      report_dir, suite_result, flags, extras, meta,
+      grid=_transform_grid(target, suite_result, x, options), eot_curve=curve)
   paths |= export.export(merged, report_dir, options.model_name,
                          options.data_name, flags)
-  written = report.report_dict(suite_result, flags, extras, meta)
   checks = meta.get("model_checks")
   return Evaluation(
       verdict=written["verdict"], worst=suite_result.worst,
@@ -350,10 +359,13 @@ class Prepared:
 
     Returns:
       An `Evaluation`.
+
+    Raises:
+      ValueError: if the units ran on another model.
     """
     meta = dict(meta, model_checks=self.checks.to_dict())
     return report_evaluation(self.report_dir, self.target, self.options, meta,
-                             self.start)
+                             self.start, self.plan.model_digest)
 
 
 def prepare(model, x, y, attacks="adaptive", budget="reference",

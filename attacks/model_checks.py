@@ -106,8 +106,8 @@ def check_model(model, x, randomized="auto", bpda="auto", seed=0):
     A `ModelChecks`.
 
   Raises:
-    ValueError: for a bad `randomized`/`bpda`, or a named layer that does
-      not exist.
+    ValueError: for a bad `randomized`/`bpda`, a named layer that does not
+      exist, or named layers on a model holding an `AdversarialTransform`.
   """
   check_modes(randomized, bpda)
   if randomized == "auto":
@@ -130,20 +130,32 @@ def check_model(model, x, randomized="auto", bpda="auto", seed=0):
     masked = {m.path: _REASONS[m.reason]
               for m in detect.masked_layers(model, x, seed=seed)}
   notes = []
-  if bpda == "off":
-    wrapped = {}
+  wrapped = {}
+  if find_transforms(model) and bpda not in ("auto", "off"):
+    raise ValueError(
+        "BPDA on named layers is not supported on a model holding an "
+        "AdversarialTransform (its white-box attacks differentiate through "
+        "the transform's estimators only). Received: "
+        f"bpda={list(bpda)!r}")
+  if find_transforms(model):
+    notes.extend(
+        f"Layer {path} ({why}) is not wrapped with BPDA: on a model holding "
+        "an AdversarialTransform only the transform gets a gradient "
+        "estimator, so this layer's gradient reads as zero." for path, why in
+        masked.items())
   elif bpda == "auto":
-    shapes = dict(bpda_lib.layer_paths(model))
-    wrapped = {}
+    layers = dict(bpda_lib.layer_paths(model))
     for path, why in masked.items():
-      layer = shapes[path]
-      if _keeps_shape(layer):
+      if path in layers and _keeps_shape(layers[path]):
         wrapped[path] = why + ", detected"
-      else:
+      elif path in layers:
         notes.append(f"Layer {path} ({why}) changes the shape of its input: "
                      "identity BPDA does not apply; wrap it with a surrogate "
                      "(attacks.bpda.bpda(layer, backward=...)).")
-  else:
+      else:
+        notes.append(f"{path} ({why}) is not a layer of a functional or "
+                     "Sequential graph, so it cannot be wrapped with BPDA.")
+  elif bpda != "off":
     bpda_lib.wrap_layers(model, list(bpda))  # Raises for unknown names.
     wrapped = {name: masked.get(name, "named by the user") for name in bpda}
   return ModelChecks(randomized=random, randomized_why=random_why,

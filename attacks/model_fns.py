@@ -149,6 +149,9 @@ class DefendedModelFn:
     # Fail now, not in the middle of an attack.
     estimators.transform_layers(model)
     estimators.estimator_fn(estimator, **estimator_kwargs)
+    # The transform `loss_and_gradient` replays (the model's structure is
+    # fixed, so it is looked up once).
+    self._replayed = self._input_transform()
 
   def reseed(self, seed):
     """Restarts the draws as if built with `seed` (an integer)."""
@@ -194,7 +197,7 @@ class DefendedModelFn:
       `(loss, grad, logits)`, or None where this path does not apply (the
       caller then records `self` on a tape).
     """
-    layer = self._input_transform()
+    layer = self._replayed
     if layer is None or tf.inside_function():
       return None
     x = tf.cast(images, tf.float32)

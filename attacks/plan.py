@@ -168,10 +168,6 @@ class Plan:
   bpda_layers: tuple = ()
 
   @property
-  def is_randomized(self):
-    return self.defended if self.randomized is None else self.randomized
-
-  @property
   def blocks(self):
     return math.ceil(self.images / self.unit_size)
 

@@ -379,20 +379,25 @@ def check_num_examples(count, dataset, split, data_dir=None,
     data_dir: the tfds data folder, or None (tfds' default).
     flag: the count's flag, for the message.
 
+  Returns:
+    The split's size, or None where it was not read (`count` None, or the
+    dataset's info not readable).
+
   Raises:
     ValueError: for a count that is not an integer >= 1, or one above the
       split's size.
   """
   if count is None:
-    return
+    return None
   common.check_number(flag, count, minimum=1, integer=True)
   try:
     splits = tfds.builder(dataset, data_dir=data_dir).info.splits
     size = splits[split].num_examples
   except Exception:  # pylint: disable=broad-except
-    return  # Not prepared here, or not readable: the loader will say.
+    return None  # Not prepared here, or not readable: the loader will say.
   if count > size:
     raise ValueError(
         f"--{flag}={count} asks for more images than the {size:,} of "
         f"{dataset}'s {split!r} split: use --{flag}={size} or fewer. "
         f"Received: {flag}={count}")
+  return size

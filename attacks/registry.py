@@ -56,7 +56,7 @@ __all__ = [
     "HSJ_SEARCH_QUERIES", "MI_DI", "NO_BPDA_SPEC", "PRESETS", "QUERY",
     "REGISTRY", "REPARAM", "TRANSFER", "WHITE_BOX", "families",
     "genattack_generations",
-    "hsj_iterations", "not_run", "plan", "planned", "resolve_attacks",
+    "hsj_iterations", "not_run", "plan", "resolve_attacks",
     "spsa_samples"
 ]
 
@@ -370,11 +370,6 @@ def resolve_attacks(names):
           f"without a transform name them): {', '.join(families())}. "
           f"Received: attacks={name!r}")
   return list(dict.fromkeys(resolved))
-
-
-def planned(target, attacks):
-  """The display names `run_suite` would run on `target` for `attacks`."""
-  return [name for name, _ in plan(target, resolve_attacks(attacks))[0]]
 
 
 def not_run(ran, defended, preset="adaptive", randomized=None):

@@ -356,7 +356,8 @@ def write_report(report_dir, suite_result, flags, extras=None, meta=None,
     eot_curve: optional dict EOT samples -> accuracy.
 
   Returns:
-    dict file kind -> path of what was written.
+    `(paths, report)`: dict file kind -> path of what was written, and the
+    report.json dict.
   """
   os.makedirs(report_dir, exist_ok=True)
   extras = dict(extras or {})
@@ -393,7 +394,7 @@ def write_report(report_dir, suite_result, flags, extras=None, meta=None,
     paths["grid_png"] = os.path.join(report_dir, "transform_grid.png")
     plot_transform_grid(grid, paths["grid_png"],
                         f"x / g(x) / E[g(x)] / x_adv ({data})")
-  return paths
+  return paths, report
 
 
 def print_summary(report_path_or_dict):

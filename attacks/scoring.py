@@ -284,11 +284,23 @@ def predict_labels(model_fn, x, batch_size=256):
     call = lambda images: model_fn(images, training=False)
   labels = []
   for start in range(0, len(x), batch_size):
-    logits = np.asarray(
-        call(tf.convert_to_tensor(x[start:start + batch_size], tf.float32)))
-    finite = np.all(np.isfinite(logits), axis=-1)
-    labels.append(np.where(finite, np.argmax(logits, axis=-1), -1))
+    labels.append(labels_of(
+        call(tf.convert_to_tensor(x[start:start + batch_size], tf.float32))))
   return np.concatenate(labels) if labels else np.zeros([0], np.int64)
+
+
+def labels_of(logits):
+  """The predicted class of each row of `logits`; -1 where it is not finite.
+
+  Args:
+    logits: array-like `(images, classes)`.
+
+  Returns:
+    int array `(images,)`.
+  """
+  logits = np.asarray(logits)
+  finite = np.all(np.isfinite(logits), axis=-1)
+  return np.where(finite, np.argmax(logits, axis=-1), -1)
 
 
 def score(model_fn, x, y, draws=DRAWS, seed=0, batch_size=256):

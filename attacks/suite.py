@@ -54,7 +54,6 @@ from attacks.registry import TRANSFER
 from attacks.registry import WHITE_BOX
 from attacks.registry import not_run
 from attacks.registry import plan
-from attacks.registry import planned
 from attacks.registry import resolve_attacks
 from attacks.target import NO_BPDA
 from attacks.target import Target
@@ -205,7 +204,6 @@ def run_attack(target, name, spec, x, y, budget, seed=0,
   own_seed = attack_seed(seed, name)
   if target.bpda_layers and not target.defended:  # Built before counting.
     target.gradient_model()
-    target.gradient_model(NO_BPDA)
   # The model's own draws (query oracles, replays, a random layer's draws in
   # every pass) restart from the attack's seed, so a seeded attack on a
   # random model repeats.
@@ -305,11 +303,6 @@ class SuiteResult:
   defended: bool
   weaker_than_reference: list
   randomized: object = None
-
-  @property
-  def is_randomized(self):
-    """Whether the model is random (`randomized`, else `defended`)."""
-    return self.defended if self.randomized is None else self.randomized
 
   @classmethod
   def from_runs(cls, clean, results, *, failed, skipped, budget, seed, draws,

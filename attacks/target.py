@@ -61,7 +61,7 @@ class Target:
     self.randomized = (bool(self.transforms) if randomized is None
                        else bool(randomized))
     self.bpda_layers = tuple(bpda_layers)
-    self._wrapped = {}
+    self._wrapped = None
 
   @property
   def defended(self):
@@ -76,27 +76,23 @@ class Target:
     """The model white-box attacks differentiate (not for a transform's).
 
     Args:
-      estimator: None (BPDA on `bpda_layers`) or `NO_BPDA` (their own
-        gradients, a None gradient read as zero).
+      estimator: None (BPDA on `bpda_layers`) or `NO_BPDA` (the model's own
+        gradients: the shared gradient path, `attacks.common`, reads a None
+        gradient as zero and zeroes non-finite entries).
 
     Returns:
-      `model` itself when no layer is wrapped, else a copy sharing its
-      weights (built once per estimator).
+      `model` itself when no layer is wrapped or for `NO_BPDA`, else a copy
+      sharing its weights (built once).
     """
-    if not self.bpda_layers:
+    if not self.bpda_layers or estimator == NO_BPDA:
       return self.model
-    if estimator not in self._wrapped:
-      backward = None  # Identity BPDA.
-      if estimator == NO_BPDA:
-        backward = lambda images: 0.0 * images  # pylint: disable=g-long-lambda
-      self._wrapped[estimator] = bpda.wrap_layers(self.model, self.bpda_layers,
-                                                  backward=backward)
-    return self._wrapped[estimator]
+    if self._wrapped is None:
+      self._wrapped = bpda.wrap_layers(self.model, self.bpda_layers)
+    return self._wrapped
 
   def models(self):
     """Every model object the attacks call (for counting passes)."""
-    return [self.model] + [m for m in self._wrapped.values()
-                           if m is not self.model]
+    return [self.model] + ([] if self._wrapped is None else [self._wrapped])
 
   def white_box_fn(self, estimator, seed=None, **estimator_kwargs):
     """A differentiable model_fn: through `estimator` if defended, else direct.

@@ -111,7 +111,6 @@ from attacks import suite
 from attacks import surrogates
 
 FLAGS = flags.FLAGS
-ZOO_PREFIX = "zoo:"
 OVERRIDES = budgets.OVERRIDES
 make_budget = budgets.make_budget
 exit_status = evaluation.exit_status

@@ -50,8 +50,9 @@ import tensorflow as tf
 
 from adv_layer import data
 from adv_layer import layer
-from adv_layer import zoo
 from attacks import common
+from attacks import preflight
+from attacks import scoring
 from attacks import transfer
 
 __all__ = [
@@ -425,26 +426,26 @@ def load_classifier(spec):
   """A classifier from `zoo:NAME` (`adv_layer.zoo`) or a `.keras` path.
 
   Raises:
-    ValueError: for an unknown zoo name.
+    ValueError: for an unknown zoo name or a file Keras cannot load
+      (`attacks.preflight.load_model`, naming --classifier).
     FileNotFoundError: for a missing file.
   """
-  if spec.startswith(ZOO_PREFIX):
-    return zoo.load(spec[len(ZOO_PREFIX):])
-  if not os.path.exists(spec):
-    raise FileNotFoundError(
-        f"No model file at {spec!r}: give a .keras path or zoo:NAME (one of "
-        f"{zoo.available()}). Received: classifier={spec!r}")
-  return keras.saving.load_model(spec)
+  return preflight.load_model(spec, flag="classifier")
 
 
 def clean_accuracy(model, x, y, batch_size=CHECK_BATCH):
   """Top-1 accuracy of `model` on `(x, y)`: one pass, in batches of `batch_size`.
 
   A random defense draws once per batch from its seed generator, so a freshly
-  built or loaded model with a fixed seed repeats the figure exactly.
+  built or loaded model with a fixed seed repeats the figure exactly. A row of
+  logits that is not finite counts as wrong (`attacks.scoring.labels_of`).
+
+  Raises:
+    ValueError: for images outside [0, 1] or labels not of shape `(images,)`.
   """
+  x, y = common.check_images_labels(x, y, (0.0, 1.0))
   logits = model.predict(x, batch_size=batch_size, verbose=0)
-  return float(np.mean(np.argmax(logits, axis=-1) == y))
+  return float(np.mean(scoring.labels_of(logits) == y.numpy()))
 
 
 def layer_kwargs(name):
@@ -508,7 +509,7 @@ def define_flags():
                       "zoo:NAME or a .keras path.")
   flags.DEFINE_integer("seed", 0, "Seed of a random defense's draws.")
   flags.DEFINE_integer("check_images", 200, "Test images of the clean "
-                       "accuracy check (0: no check).")
+                       "accuracy check (0: no check).", lower_bound=0)
   flags.DEFINE_string("dataset", "cifar10", "tfds dataset of the check.")
   flags.DEFINE_string("data_dir", None, "tfds data directory (default: "
                       "TFDS_DATA_DIR or tfds' own).")

@@ -236,10 +236,14 @@ class BadInputTest(tf.test.TestCase):
   def test_nan_on_some_images_counts_only_the_finite_ones(self):
     report = self.report("nan_some")
     with np.load(os.path.join(self.folder, "data.npz")) as data:
-      x = data["x"]
+      x, y = data["x"], data["y"]
     nan = x.mean(axis=(1, 2, 3)) > float(np.median(x.mean(axis=(1, 2, 3))))
     robust = np.array(report["clean"]["robust"], bool)
     self.assertFalse(np.any(robust[nan]))
+    # The finite images score as the model predicts them.
+    model = keras.saving.load_model(os.path.join(self.folder, "nan_some.keras"))
+    correct = np.argmax(model(x, training=False), axis=-1) == y
+    self.assertAllEqual(robust[~nan], correct[~nan])
     self.assertEqual(report["clean"]["nonfinite_outputs"], 2 * int(nan.sum()))
     self.assertEqual(report["verdict"], suite.SUSPECT)
 

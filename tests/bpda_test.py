@@ -83,12 +83,16 @@ def input_gradient(fn, x, weights):
   return tape.gradient(total, x)
 
 
-class BPDALayerTest(tf.test.TestCase):
+class LinearFixture(tf.test.TestCase):
+  """Two 2-pixel images and the weights of the summed output."""
 
   def setUp(self):
     super().setUp()
     self.x = tf.constant([[0.3, 0.6], [0.1, 0.9]])
     self.w = tf.constant([[1.0, -1.0], [2.0, 0.5]])
+
+
+class BPDALayerTest(LinearFixture):
 
   def test_identity_gradient_is_the_linear_models(self):
     model = quantized_linear()
@@ -196,12 +200,7 @@ class BPDALayerTest(tf.test.TestCase):
     self.assertGreater(float(tf.reduce_max(tf.abs(single))), 0.0)
 
 
-class WrapLayersTest(tf.test.TestCase):
-
-  def setUp(self):
-    super().setUp()
-    self.x = tf.constant([[0.3, 0.6], [0.1, 0.9]])
-    self.w = tf.constant([[1.0, -1.0], [2.0, 0.5]])
+class WrapLayersTest(LinearFixture):
 
   def test_sequential_shares_weights_and_leaves_model_untouched(self):
     model = quantized_linear()

@@ -232,6 +232,22 @@ class SerializationTest(tf.test.TestCase):
       defenses.build("blur", classifier)
 
 
+class CleanAccuracyTest(tf.test.TestCase):
+
+  def test_non_finite_rows_count_as_wrong(self):
+    # Class 0 on dark images, NaN logits on bright ones; every label is 0.
+    nan_when_bright = keras.layers.Lambda(lambda v: tf.where(
+        tf.reduce_mean(v, axis=[1, 2, 3])[:, None] > 0.5,
+        tf.fill([tf.shape(v)[0], 3], float("nan")),
+        tf.tile([[1.0, 0.0, 0.0]], [tf.shape(v)[0], 1])))
+    model = keras.Sequential([keras.Input((2, 2, 1)), nan_when_bright])
+    x = np.concatenate([np.full((2, 2, 2, 1), 0.2), np.full((2, 2, 2, 1), 0.8)])
+    x = x.astype(np.float32)
+    self.assertEqual(defenses.clean_accuracy(model, x, np.zeros(4)), 0.5)
+    with self.assertRaisesRegex(ValueError, r"Received: y.shape=\(4, 1\)"):
+      defenses.clean_accuracy(model, x, np.zeros((4, 1)))
+
+
 class ProgramTest(tf.test.TestCase):
 
   def run_program(self, *flags):

@@ -15,6 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+import adv_layer
 from attacks import evaluation
 from attacks import model_checks
 from attacks import plan as plan_lib
@@ -55,6 +56,18 @@ class Noise(keras.layers.Layer):
 
   def get_config(self):
     return super().get_config() | {"seed": self.seed}
+
+
+class RoundingClassifier(keras.Model):
+  """A subclassed model (no layer graph) that rounds before a dense layer."""
+
+  def __init__(self, **kwargs):
+    super().__init__(**kwargs)
+    self.flatten = keras.layers.Flatten()
+    self.dense = keras.layers.Dense(3, kernel_initializer="ones")
+
+  def call(self, inputs):
+    return self.dense(self.flatten(tf.round(inputs / STEP) * STEP))
 
 
 def defended(front):
@@ -190,6 +203,11 @@ class PrepareTest(tf.test.TestCase):
     self.assertAllEqual(pieces.worst["robust"], whole.worst["robust"])
     self.assertEqual(pieces.report["meta"]["model_checks"],
                      whole.report["meta"]["model_checks"])
+    other = evaluation.prepare(attack_properties.tiny_model(seed=9, classes=3),
+                               x, y, attacks, BUDGET, prepared.report_dir,
+                               **run_options(unit_size=4))
+    with self.assertRaisesRegex(ValueError, "ran on another model"):
+      other.report({"data": "tiny"})
 
   def test_surrogates_are_made_once_the_checks_are_known(self):
     model = defended(Noise(seed=1))
@@ -220,6 +238,30 @@ class EvaluateArgumentsTest(tf.test.TestCase):
       evaluation.evaluate(model, x, y, budget="smoke", bpda="all")
     with self.assertRaisesRegex(TypeError, "unexpected keyword"):
       evaluation.evaluate(model, x, y, budget="smoke", steps=3)
+
+  def test_a_masked_layer_beside_a_transform_is_stated_not_wrapped(self):
+    f_b = attack_properties.tiny_model(seed=2, classes=3)
+    model = keras.Sequential([
+        keras.Input((4, 4, 1)), Rounding(name="rounding"),
+        adv_layer.AdversarialTransform(f_b, epsilon=0.1, steps=1, seed=0)]
+        + attack_properties.tiny_model(seed=5, classes=3).layers)
+    x, _ = own_labels(model)
+    checks = model_checks.check_model(model, x)
+    self.assertEqual(checks.masked_layers, {"rounding": "input gradient None"})
+    self.assertEqual(checks.bpda_layers, {})
+    self.assertIn("rounding (input gradient None) is not wrapped with BPDA",
+                  " ".join(checks.notes))
+    with self.assertRaisesRegex(ValueError, r"Received: bpda=\['rounding'\]"):
+      model_checks.check_model(model, x, bpda=["rounding"])
+
+  def test_a_masked_subclassed_model_is_stated_not_wrapped(self):
+    model = RoundingClassifier()
+    x, _ = own_labels(defended(Rounding()))
+    checks = model_checks.check_model(model, x)
+    self.assertEqual(checks.masked_layers,
+                     {model.name: "input gradient None"})
+    self.assertEqual(checks.bpda_layers, {})
+    self.assertIn("cannot be wrapped with BPDA", " ".join(checks.notes))
 
   def test_a_named_layer_that_does_not_exist_raises(self):
     model = defended(Rounding(name="rounding"))

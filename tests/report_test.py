@@ -67,7 +67,7 @@ class WriteReportTest(tf.test.TestCase):
     extras = {"reference_attack": "A",
               "accuracy_vs_epsilon": {"0.01": 0.75, "0.03": 0.5, "0.5": 0.0}}
     x = np.full((2, 4, 4, 1), 0.5, np.float32)
-    paths = report.write_report(
+    paths, written = report.write_report(
         directory, hand_made_suite(), flags, extras,
         meta={"data": "CIFAR-10 (JPEG copy)", "model": "m.keras"},
         grid={"x": x, "g(x)": x + 0.1, "E[g(x)]": x, "x_adv": x},
@@ -79,6 +79,8 @@ class WriteReportTest(tf.test.TestCase):
         self.assertEqual(f.read(4), PNG_MAGIC)
     with open(paths["json"]) as f:
       data = json.load(f)
+    self.assertEqual(json.loads(json.dumps(written)), data)
+    self.assertEqual(data["extras"]["accuracy_vs_eot"], {"1": 0.6, "4": 0.5})
     self.assertEqual(data["meta"]["data"], "CIFAR-10 (JPEG copy)")
     self.assertEqual((data["seed"], data["images"], data["draws"]), (0, 4, 2))
     self.assertEqual(data["worst_case"]["strict_accuracy"], 0.25)
@@ -139,14 +141,14 @@ class WriteReportTest(tf.test.TestCase):
 
   def test_optional_plots_skipped_without_data(self):
     directory = self.new_dir()
-    paths = report.write_report(directory, hand_made_suite(), [])
+    paths, _ = report.write_report(directory, hand_made_suite(), [])
     self.assertCountEqual(paths, ["json", "md"])
     self.assertCountEqual(os.listdir(directory), ["report.json", "report.md"])
 
   def test_print_summary_reads_json(self):
     directory = self.new_dir()
-    paths = report.write_report(directory, hand_made_suite(),
-                                [sanity.Flag("a", "not run", "b")])
+    paths, _ = report.write_report(directory, hand_made_suite(),
+                                   [sanity.Flag("a", "not run", "b")])
     text = report.print_summary(paths["json"])
     self.assertIn("| B | transfer |", text)
     self.assertTrue(text.startswith("**Verdict: INCOMPLETE.**"))
