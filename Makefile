@@ -1,7 +1,8 @@
 # adv_layer: the README's commands end here.
 #   make demo    smoke demo: pretrain f_b, train the defended model, attack it;
 #                then a short attack on the published strong_cpu defended model
-#   make test    the fast Bazel targets (//:ci), then pytest over tests/
+#   make test    the fast Bazel targets (//:ci), then pytest over tests/, then
+#                the golden and zoo-card tests again with oneDNN off
 #   make bench   the transform / training benchmark (examples/benchmark.py)
 #   make bazel   build every Bazel target offline
 #   make gpu-check  on an NVIDIA GPU machine: installs the [and-cuda] extra,
@@ -27,11 +28,12 @@ PUBLISHED_ATTACK_FLAGS ?= --budget=smoke --attacks=apgd_ce_bpda_identity \
     --num_examples=50 --steps=5 --eot_samples=2 --draws=4 --eot_curve= \
     --noconvergence
 
-# attack_eval.py exits 2 for a SUSPECT verdict (a sign of gradient masking):
-# its report is written and printed, so the demo goes on.
-REPORTED := || [ $$? -eq 2 ]
+# attack_eval.py exits 2 for a SUSPECT verdict (a sign of gradient masking)
+# and 4 for an UPPER BOUND (below the reference budget, as every smoke run
+# is): its report is written and printed, so the demo goes on.
+REPORTED := || [ $$? -eq 2 -o $$? -eq 4 ]
 
-# The offline CIFAR-10 copy beside the repository (DATA.md), unless
+# The offline CIFAR-10 copy beside the repository (README, "Data"), unless
 # TFDS_DATA_DIR is already set; elsewhere tfds downloads as usual.
 SHARED_TFDS := $(abspath ../shared/tensorflow_datasets)
 ifeq ($(origin TFDS_DATA_DIR),undefined)
@@ -40,7 +42,7 @@ export TFDS_DATA_DIR := $(SHARED_TFDS)
 endif
 endif
 
-.PHONY: demo test pytest bazel-test bazel bazel-deps bench
+.PHONY: demo test pytest pytest-portable bazel-test bazel bazel-deps bench
 
 demo:
 	$(PYTHON) examples/pretrain_fb.py --preset=smoke --output=$(DEMO_DIR)/f_b.keras
@@ -52,11 +54,21 @@ demo:
 	    --report_dir=$(DEMO_DIR)/published_report $(PUBLISHED_ATTACK_FLAGS) \
 	    $(REPORTED)
 
-# Bazel first, so that pytest's summary is the last line.
-test: bazel-test pytest
+# Bazel first, so that a pytest summary is the last line.
+test: bazel-test pytest pytest-portable
 
 pytest:
 	$(PYTHON) -m pytest tests -q
+
+# The tests that compare computed figures with kept ones (the golden
+# evaluation, the zoo's model cards) once more on TensorFlow's own CPU
+# kernels: TF_ENABLE_ONEDNN_OPTS=0 changes the kernels (and the order of
+# their sums) as a CPU without AVX-512 does, so a float compared more tightly
+# than other machines reproduce it fails here, not on a user's machine.
+PORTABLE_TESTS ?= tests/golden_test.py \
+    tests/zoo_test.py::ZooTest::test_every_model_reproduces_its_card
+pytest-portable:
+	TF_ENABLE_ONEDNN_OPTS=0 $(PYTHON) -m pytest $(PORTABLE_TESTS) -q
 
 # The Bazel server is shut down afterwards (also on failure) so that nothing
 # outlives the run.

@@ -1,12 +1,14 @@
 """Installs `adv_layer` (the defense) and `attacks` (its evaluation).
 
+The package (distribution name `adv-layer`) is not published on PyPI:
+install it from a clone of the repository, in its root folder.
 TensorFlow is left to the user, as TensorFlow add-ons do: an extra names its
 flavour, or a TensorFlow installed beforehand is used as it is.
 
-    pip install 'adv-layer[cpu]'       # CPU only: tensorflow-cpu on Linux
-                                       # x86_64, tensorflow elsewhere
-    pip install 'adv-layer[and-cuda]'  # NVIDIA GPU: tensorflow[and-cuda]
-    pip install adv-layer              # beside a TensorFlow you installed
+    pip install -e '.[cpu]'       # CPU only: tensorflow-cpu on Linux
+                                  # x86_64, tensorflow elsewhere
+    pip install -e '.[and-cuda]'  # NVIDIA GPU: tensorflow[and-cuda]
+    pip install -e .              # beside a TensorFlow you installed
 
 Name one flavour only: `tensorflow` and `tensorflow-cpu` are two
 distributions that write the same `tensorflow/` package over each other. The

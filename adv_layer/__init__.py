@@ -11,7 +11,8 @@ Modules:
   folding    f_b's batch norm folded into its convolutions (`LiveFold`).
 
 Importing it checks first that TensorFlow (>= 2.16) is installed: install
-`adv-layer[cpu]` or `adv-layer[and-cuda]` to get one.
+the package from a clone with `pip install -e '.[cpu]'` or
+`pip install -e '.[and-cuda]'` to get one (it is not on PyPI).
 """
 
 from adv_layer import _tf_check  # pylint: disable=unused-import

@@ -1,7 +1,8 @@
 """Checks at import that TensorFlow is installed and recent enough.
 
-`pip install adv-layer` leaves TensorFlow to the user, as TensorFlow add-ons
-do (setup.py): the `cpu` and `and-cuda` extras install a flavour, or the user
+Installing the package without an extra (`pip install -e .` in a clone; it
+is not on PyPI) leaves TensorFlow to the user, as TensorFlow add-ons do
+(setup.py): the `cpu` and `and-cuda` extras install a flavour, or the user
 installs one. Importing this module checks that a TensorFlow is there and is
 at least `MIN_TENSORFLOW`, and raises an ImportError naming the install
 commands otherwise, before any other module of the package imports it.
@@ -13,9 +14,10 @@ import re
 MIN_TENSORFLOW = "2.16"  # the first release whose default Keras is Keras 3.
 
 INSTALL_HINT = (
-    "Install a TensorFlow flavour with the package: "
-    "`pip install 'adv-layer[cpu]'` (CPU only) or "
-    "`pip install 'adv-layer[and-cuda]'` (NVIDIA GPU), or upgrade the "
+    "Install a TensorFlow flavour with the package, in the root of its "
+    "clone (it is not on PyPI): "
+    "`pip install -e '.[cpu]'` (CPU only) or "
+    "`pip install -e '.[and-cuda]'` (NVIDIA GPU), or upgrade the "
     "TensorFlow distribution you installed yourself; install one flavour "
     "only (`tensorflow` and `tensorflow-cpu` overwrite each other's files).")
 

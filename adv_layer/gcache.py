@@ -36,8 +36,8 @@ crop and flip), whereas draws on augmented images would freeze K crops per
 image; (3) the perturbation seen by f_a is a shifted or mirrored copy of one
 computed for the un-shifted image, a small distribution shift during
 training only. Whether f_a trained this way matches one trained with a fresh
-draw per step is an empirical question (issue 11 asks for the side-by-side
-measurement); this module only makes it cheap to try.
+draw per step is an empirical question, not measured side by side here;
+this module only makes it cheap to try.
 
 A fresh pick each epoch. Each pass over `cached_training_data` picks one of
 the K draws for the whole epoch (uniformly, independently per epoch, seeded),

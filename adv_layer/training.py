@@ -72,7 +72,7 @@ PRESETS = {
         epsilon=0.2, steps=13, step_size=None, target="least_likely",
         madry_epsilon=8 / 255, madry_steps=7, madry_step_size=2 / 255),
     # Models trained on 2 CPU cores over several resumable sessions, strong
-    # enough for a verdict (issue 11): the paper's f_b architecture (small_vgg
+    # enough for a verdict: the paper's f_b architecture (small_vgg
     # at full width) adversarially trained at 8/255 with FGSM from a random
     # start ("fast adversarial training", Wong et al. 2020: one step of
     # 10/255 = 1.25 eps), 24 epochs, the rate dropped to 0.01 after 18; f_a a
@@ -121,18 +121,31 @@ def madry_settings(preset):
           "step_size": preset["madry_step_size"]}
 
 
+# An override that sets a preset key to None, which `get_preset` otherwise
+# reads as "keep the preset's value" (an unset command-line flag): e.g.
+# `get_preset("paper", lr_drop_epoch=NO_DROP, fb_lr_drop_epoch=NO_DROP)` is
+# the paper's constant learning rate.
+NO_DROP = "no_drop"
+
+
 def get_preset(name, **overrides):
   """Returns a copy of a preset with the non-None `overrides` applied.
 
   Args:
     name: one of `PRESETS`.
-    **overrides: preset keys and new values; None keeps the preset's value.
+    **overrides: preset keys and new values; None keeps the preset's value,
+      `NO_DROP` sets the key to None (e.g. `lr_drop_epoch=NO_DROP`: a
+      constant learning rate).
 
   Returns:
     A new dict.
 
   Raises:
     ValueError: for an unknown preset or key.
+
+  Example:
+    >>> get_preset("paper", lr_drop_epoch=NO_DROP)["lr_drop_epoch"] is None
+    True
   """
   if name not in PRESETS:
     raise ValueError(f"`preset` must be one of {tuple(PRESETS)}. Received: preset={name!r}")
@@ -141,7 +154,9 @@ def get_preset(name, **overrides):
     if key not in preset:
       raise ValueError(f"Unknown preset key {key!r}; expected one of "
                        f"{tuple(preset)}. Received: {key}={value!r}")
-    if value is not None:
+    if isinstance(value, str) and value == NO_DROP:
+      preset[key] = None
+    elif value is not None:
       preset[key] = value
   return preset
 

@@ -12,9 +12,13 @@ model, without knowing its layers:
   restores it, and whether that makes two passes identical (it does not for a
   layer drawing from stateful `tf.random` ops, whose kernels keep their own
   state: the evaluation then says that replay is not exact).
-- `masked_layers`, `input_gradient_status`: layers (and the whole model)
-  whose input gradient is None, zero or not finite (Athalye et al., 2018):
-  candidates for BPDA (`attacks.bpda`).
+- `masked_layers`, `input_gradient_status`: layers, raw ops of a functional
+  graph (and the whole model) whose input gradient is None, zero or not
+  finite, or shattered: non-zero but not the slope of the layer's forward
+  pass at an attack's step size, found by comparing autodiff's directional
+  derivatives with central finite differences of the forward pass along
+  random sign directions (Athalye et al., 2018): candidates for BPDA
+  (`attacks.bpda`).
 
 What TensorFlow 2.21 gives (checked in `tests/detect_test.py`): None for
 `tf.round`, `tf.floor`, `tf.math.ceil`, `tf.math.rint`, `//`, a cast to an
@@ -40,17 +44,35 @@ from attacks import bpda
 from attacks import common
 
 __all__ = [
-    "MASK_REASONS", "MaskedLayer", "input_gradient_status", "is_randomized",
-    "masked_layers", "replay_is_exact", "seed_generators", "seeded"
+    "FD_STEP", "MASK_REASONS", "MaskedLayer", "finite_difference_agreement",
+    "input_gradient_status", "is_randomized", "is_shattered", "masked_layers",
+    "replay_is_exact", "seed_generators", "seeded"
 ]
 
 # Why a layer's input gradient is useless to a gradient attack.
-MASK_REASONS = ("none", "zero", "nonfinite")
+MASK_REASONS = ("none", "zero", "nonfinite", "shattered")
+# The finite-difference step of the shattered-gradient check: a PGD step
+# at epsilon 8/255 (AutoAttack's and Madry et al.'s 2/255).
+FD_STEP = 2 / 255
+# Random sign directions per probe image of that check.
+FD_DIRECTIONS = 4
+# A gradient is shattered when its directional derivatives (one per image
+# and direction) have a cosine below SHATTERED_COSINE with the finite
+# differences, or a norm off by more than SHATTERED_SCALE either way. A
+# smooth or piecewise-linear layer (conv, dense, batch norm, ReLU, pooling,
+# resizing, additive noise under one seed) gives a cosine near 1 and a scale
+# near 1 at this step: only the few units within one step of a kink differ.
+# A 16-level quantizer whose backward pass is the identity gives a cosine
+# near 0.5 (about a quarter of its pixels cross a level within one step) and
+# is flagged, which costs nothing: BPDA with the identity gives the same
+# gradient.
+SHATTERED_COSINE = 0.5
+SHATTERED_SCALE = 4.0
 
 
 @dataclasses.dataclass(frozen=True)
 class MaskedLayer:
-  """A layer whose input gradient is None, zero or not finite.
+  """A layer (or raw op) whose input gradient is masked (`MASK_REASONS`).
 
   Attributes:
     name: the layer's name.
@@ -300,6 +322,86 @@ def _gradient_reason(fn, inputs, seed, index):
   return "ok"
 
 
+def _per_image_total(outputs, directions):
+  """Σ output · d over each image's entries: shape (images,), float32."""
+  total = 0.0
+  for output, direction in zip(tf.nest.flatten(outputs), directions):
+    product = tf.cast(tf.convert_to_tensor(output), tf.float32) * direction
+    total += tf.reduce_sum(tf.reshape(product, [tf.shape(product)[0], -1]),
+                           axis=1)
+  return total
+
+
+def finite_difference_agreement(fn, x, seed, step=FD_STEP,
+                                directions=FD_DIRECTIONS, owner=None):
+  """How autodiff's directional derivatives of `fn` at `x` match the forward.
+
+  For a seeded random projection F_i(z) = Σ fn(z)_i · d of image i's
+  outputs and random sign directions v_k, compares a_ik = <∇F_i(x), v_k>
+  with the central difference f_ik = (F_i(x + h v_k) - F_i(x - h v_k)) / 2h
+  at h = `step`. Every call of `fn` runs inside `seeded(owner, seed)`, so a
+  random layer draws the same randomness each time.
+
+  Args:
+    fn: a function of one float tensor `(images, ...)`.
+    x: its input.
+    seed: seed of d, the directions and the layer's draws.
+    step: h.
+    directions: directions per image.
+    owner: the layer or model whose draws `seeded` fixes (None: none).
+
+  Returns:
+    `(cosine, scale)`: the cosine of the vectors (a_ik) and (f_ik) and
+    |f| / |a|; None when the autodiff gradient is None or zero, or when two
+    seeded passes differ (randomness that cannot be seeded: no comparison).
+  """
+  x = tf.cast(tf.convert_to_tensor(x), tf.float32)
+  scope = (lambda: seeded(owner, seed)) if owner is not None else (
+      contextlib.nullcontext)
+  with scope():
+    first = fn(x)
+  with scope():
+    again = fn(x)
+  if not _outputs_equal(first, again):
+    return None
+  projections = [tf.random.stateless_normal(tf.shape(o), seed=[seed, 7 + n])
+                 for n, o in enumerate(tf.nest.flatten(first))]
+  with tf.GradientTape(watch_accessed_variables=False) as tape:
+    tape.watch(x)
+    with scope():
+      total = tf.reduce_sum(_per_image_total(fn(x), projections))
+  gradient = tape.gradient(total, x)
+  if gradient is None or not bool(tf.reduce_any(tf.not_equal(gradient, 0))):
+    return None
+  analytic, numeric = [], []
+  for k in range(directions):
+    v = tf.sign(tf.random.stateless_uniform(tf.shape(x), seed=[seed, 100 + k],
+                                            minval=-1.0, maxval=1.0))
+    analytic.append(tf.reduce_sum(
+        tf.reshape(gradient * v, [tf.shape(x)[0], -1]), axis=1))
+    with scope():
+      plus = _per_image_total(fn(x + step * v), projections)
+    with scope():
+      minus = _per_image_total(fn(x - step * v), projections)
+    numeric.append((plus - minus) / (2 * step))
+  a = tf.concat(analytic, 0).numpy().astype(np.float64)
+  f = tf.concat(numeric, 0).numpy().astype(np.float64)
+  a_norm, f_norm = np.linalg.norm(a), np.linalg.norm(f)
+  if not (np.isfinite(a_norm) and np.isfinite(f_norm)) or a_norm == 0:
+    return None
+  cosine = float(a @ f / (a_norm * f_norm)) if f_norm > 0 else 0.0
+  return cosine, float(f_norm / a_norm)
+
+
+def is_shattered(agreement):
+  """Whether `finite_difference_agreement`'s result shows shattering."""
+  if agreement is None:
+    return False
+  cosine, scale = agreement
+  return (cosine < SHATTERED_COSINE or scale > SHATTERED_SCALE or
+          scale < 1 / SHATTERED_SCALE)
+
+
 def input_gradient_status(model, x, probe_images=4, seed=0):
   """The whole model's input gradient: `"ok"` or one of `MASK_REASONS`.
 
@@ -353,8 +455,8 @@ def _layer_calls(model, inputs):
   return None
 
 
-def masked_layers(model, x, probe_images=4, seed=0):
-  """Layers whose input gradient is None, zero or not finite.
+def masked_layers(model, x, probe_images=4, seed=0, step=FD_STEP):
+  """Layers and raw ops whose input gradient is masked (`MASK_REASONS`).
 
   The model runs once in inference mode on the first `probe_images` images,
   recording each layer's actual inputs (nested Sequential and functional
@@ -362,18 +464,25 @@ def masked_layers(model, x, probe_images=4, seed=0):
   called again on its inputs and the gradient of Σ output · d (d a seeded
   random direction) with respect to its floating inputs is checked: None for
   every input -> `"none"`, any non-finite entry -> `"nonfinite"`, all
-  exactly zero -> `"zero"`. Input layers, `AdversarialTransform` layers (they
-  have their own estimators, `attacks.estimators`), layers without a
-  floating input, and Keras ops called directly in a functional graph
-  (`keras.ops.round(x)`: not layers, so BPDA cannot wrap them; the whole-model
-  check, `input_gradient_status`, still sees them) are skipped. A layer that
-  is called twice is listed once (its first masked call).
+  exactly zero -> `"zero"`. A layer with one floating input whose gradient
+  passes is then compared with finite differences of its forward pass at
+  `step` (`finite_difference_agreement`): disagreement -> `"shattered"`.
+  Keras ops called directly in a functional graph (`keras.ops.round(x)`) are
+  probed the same way and listed by their op name (BPDA cannot wrap them:
+  they are not layers). Input layers, `AdversarialTransform` layers (they
+  have their own estimators, `attacks.estimators`) and calls without a
+  floating input are skipped; a top model that is not a graph (subclassed)
+  is probed as one layer, and it and `attacks.bpda.BPDA` wrappers (whose
+  backward pass is a surrogate on purpose) without the finite-difference
+  comparison.
+  A layer that is called twice is listed once (its first masked call).
 
   Args:
     model: a Keras model.
     x: float images, shape `(images, ...)`.
     probe_images: images used.
     seed: seed of the random directions.
+    step: the finite-difference step (an attack's step size).
 
   Returns:
     A list of `MaskedLayer`, in the order the layers run.
@@ -385,26 +494,37 @@ def masked_layers(model, x, probe_images=4, seed=0):
   found, reported = [], set()
   counter = [0]
 
+  def check(operation, args, kwargs, path):
+    counter[0] += 1
+    call = lambda values: _inference_call(operation, *values, **kwargs)
+    reason = _gradient_reason(call, args, seed, counter[0])
+    watched = _float_tensors(args)
+    # A BPDA wrapper's backward pass is by design not its forward's slope.
+    if (reason == "ok" and operation is not model and len(watched) == 1 and
+        len(tf.nest.flatten(args)) == 1 and
+        not isinstance(operation, bpda.BPDA)):
+      agreement = finite_difference_agreement(
+          lambda value: call((value,)), watched[0], seed + counter[0],
+          step=step, owner=operation)
+      reason = "shattered" if is_shattered(agreement) else "ok"
+    if reason in MASK_REASONS and id(operation) not in reported:
+      reported.add(id(operation))
+      found.append(MaskedLayer(operation.name, path, reason))
+
   def probe(current, inputs, prefix):
     calls = _layer_calls(current, inputs)
     if calls is None:  # Not a graph model: probed as one layer.
       calls = [(current, (inputs,), {})]
-    for layer, args, kwargs in calls:
-      if (not isinstance(layer, keras.layers.Layer) or
-          isinstance(layer, (keras.layers.InputLayer, AdversarialTransform))):
+    for operation, args, kwargs in calls:
+      if (not isinstance(operation, keras.Operation) or isinstance(
+          operation, (keras.layers.InputLayer, AdversarialTransform))):
         continue
-      path = f"{prefix}{layer.name}"
-      if bpda.is_graph_model(layer) and layer is not current:
+      path = f"{prefix}{operation.name}"
+      if bpda.is_graph_model(operation) and operation is not current:
         # Keyword arguments of a nested model's node are its masks (None here).
-        probe(layer, args[0] if len(args) == 1 else args, f"{path}/")
-        continue
-      counter[0] += 1
-      reason = _gradient_reason(
-          lambda values, layer=layer, kwargs=kwargs: _inference_call(
-              layer, *values, **kwargs), args, seed, counter[0])
-      if reason in MASK_REASONS and id(layer) not in reported:
-        reported.add(id(layer))
-        found.append(MaskedLayer(layer.name, path, reason))
+        probe(operation, args[0] if len(args) == 1 else args, f"{path}/")
+      else:
+        check(operation, args, kwargs, path)
 
   with _probing(model):
     probe(model, x, "")

@@ -25,8 +25,10 @@ What it finds about the model, it acts on and states in the report
   finite (`attacks.detect.masked_layers`) is wrapped with identity BPDA for
   the white-box attacks (`attacks.bpda`; Athalye et al. 2018), and one plain
   gradient attack stays in the list for comparison.
-- A sign of gradient masking in the sanity checks makes the verdict SUSPECT,
-  not COMPLETE (`attacks.sanity.verdict`).
+- A sign of gradient masking in the sanity checks (or a masked layer that
+  no BPDA wrapper bridges) makes the verdict SUSPECT; a budget below the
+  reference or convergence not shown makes it UPPER BOUND; only the rest is
+  COMPLETE (`attacks.verdict`).
 
 `prepare` is the same start (checks, target, plan) without running: a
 program that shards, dry-runs or replays (`examples/attack_eval.py`) calls
@@ -35,7 +37,7 @@ its `run` and `report` itself.
 Example:
   >>> result = evaluate(model, x, y, attacks="adaptive", budget="smoke",
   ...                   report_dir="report/")
-  >>> print(result)
+  >>> print(result.summary())  # e.g. "UPPER BOUND: worst-case robust ..."
   >>> result.verdict, result.worst["strict_accuracy"]
 """
 
@@ -48,6 +50,7 @@ import tqdm
 
 from attacks import budgets
 from attacks import common
+from attacks import detect
 from attacks import distributed
 from attacks import execute
 from attacks import export
@@ -60,12 +63,15 @@ from attacks import sanity
 from attacks import suite
 
 __all__ = [
-    "Evaluation", "Options", "Prepared", "evaluate", "exit_status", "prepare",
-    "report_evaluation", "run_units"
+    "EXIT_STATUS", "Evaluation", "Options", "Prepared", "evaluate",
+    "exit_status", "prepare", "report_evaluation", "run_units"
 ]
 
-# Exit status of an evaluation whose verdict is SUSPECT.
-SUSPECT_STATUS = 2
+# Exit status of each verdict state (`attacks.verdict`): a script can tell
+# them apart. 3 is a refused input (examples/attack_eval.py).
+EXIT_STATUS = {suite.COMPLETE: 0, suite.INCOMPLETE: 1, suite.SUSPECT: 2,
+               suite.UPPER_BOUND: 4}
+SUSPECT_STATUS = EXIT_STATUS[suite.SUSPECT]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +118,11 @@ class Options:
   def validate(self):
     """Raises ValueError naming the first bad field; returns self."""
     model_checks.check_modes(self.randomized, self.bpda)
+    if self.draws is not None:
+      common.check_number("draws", self.draws, minimum=1, integer=True)
+    if self.sanity_images is not None:
+      common.check_number("sanity_images", self.sanity_images, minimum=1,
+                          integer=True)
     common.check_number("seed", self.seed, minimum=0, integer=True)
     common.check_number("unit_size", self.unit_size, minimum=1, integer=True)
     for k in self.eot_curve:
@@ -164,8 +175,11 @@ class Evaluation:
   """The outcome of `evaluate`: print it, or read its fields.
 
   Attributes:
-    verdict: "COMPLETE", "SUSPECT" (a sign of gradient masking tripped) or
-      "INCOMPLETE" (an attack raised; figures are upper bounds).
+    verdict: one of `suite.STATES` (`attacks.verdict`): "COMPLETE" (at
+      the reference budget, converged, no masking sign), "UPPER BOUND"
+      (sound but short of that; `report["upper_bound"]` says how),
+      "SUSPECT" (a sign of gradient masking tripped) or "INCOMPLETE" (an
+      attack raised).
     worst: the per-example worst case (`suite.worst_case`): strict and mean
       accuracy with 95% intervals, the strongest attack, per-image arrays.
     rows: one dict per attack: name, kind, strict and mean accuracy with
@@ -185,19 +199,26 @@ class Evaluation:
   suite_result: suite.SuiteResult
   report: dict
 
-  def __str__(self):
+  def summary(self):
+    """One line: the verdict state and the worst case with its interval."""
     worst = self.worst
     low, high = worst["strict_accuracy_ci95"]
-    return (f"Verdict: {self.verdict}\n\n" + report.print_summary(self.report)
-            + f"\n\nWorst-case robust accuracy: "
+    return (f"{self.verdict}: worst-case robust accuracy "
             f"{100 * worst['strict_accuracy']:.1f}% [95% CI {100 * low:.1f}, "
             f"{100 * high:.1f}] (strict over {self.suite_result.draws} draws, "
             f"{self.report['images']} images), strongest attack: "
-            f"{worst['strongest']}; verdict {self.verdict}")
+            f"{worst['strongest']}")
+
+  def __str__(self):
+    return (f"Verdict: {self.verdict}\n\n" + report.print_summary(self.report)
+            + "\n\n" + self.summary())
 
 
 def exit_status(evaluation_or_result, keep_going=False):
-  """0 for COMPLETE; 1 for INCOMPLETE (0 with `keep_going`); 2 for SUSPECT.
+  """The verdict's `EXIT_STATUS` (0 COMPLETE, 1, 2 SUSPECT, 4 UPPER BOUND).
+
+  1 is INCOMPLETE; with `keep_going`, an INCOMPLETE evaluation (an attack
+  raised) exits 0.
 
   Args:
     evaluation_or_result: an `Evaluation`, or anything with `failed` (an
@@ -212,8 +233,7 @@ def exit_status(evaluation_or_result, keep_going=False):
     failed = evaluation_or_result.suite_result.failed
   if failed:
     return 0 if keep_going else 1
-  verdict = getattr(evaluation_or_result, "verdict", suite.COMPLETE)
-  return SUSPECT_STATUS if verdict == suite.SUSPECT else 0
+  return EXIT_STATUS[getattr(evaluation_or_result, "verdict", suite.COMPLETE)]
 
 
 def _transform_grid(target, suite_result, x, options):
@@ -288,6 +308,7 @@ def report_evaluation(report_dir, target, options, meta, start=None,
   flags, extras = sanity.run_checks(target, suite_result, x, y,
                                     convergence=options.convergence,
                                     images=sanity_images, rerun=rerun)
+  flags.append(sanity.check_masked_layers(meta.get("model_checks")))
   subset = suite_result if sanity_images is None else sanity.first_images(
       suite_result, sanity_images)
   eot_attack, curve = _eot_curve(target, subset, x[:subset.clean.images],
@@ -304,7 +325,8 @@ def report_evaluation(report_dir, target, options, meta, start=None,
       report_dir, suite_result, flags, extras, meta,
       grid=_transform_grid(target, suite_result, x, options), eot_curve=curve)
   paths |= export.export(merged, report_dir, options.model_name,
-                         options.data_name, flags)
+                         options.data_name, flags,
+                         export.model_info(target.model))
   checks = meta.get("model_checks")
   return Evaluation(
       verdict=written["verdict"], worst=suite_result.worst,
@@ -402,7 +424,7 @@ def prepare(model, x, y, attacks="adaptive", budget="reference",
     budget, draws, _ = budgets.make_budget(budget, 8 / 255, {})
   else:
     draws = suite.REFERENCE_DRAWS
-  draws = options.draws or draws
+  draws = draws if options.draws is None else options.draws
   preflight.check_epsilon(budget.epsilon, budget.value_range,
                           allow_large=options.allow_large_epsilon)
   report_dir = report_dir or tempfile.mkdtemp(prefix="evaluation_")
@@ -412,8 +434,9 @@ def prepare(model, x, y, attacks="adaptive", budget="reference",
   preflight.probe_model(given.model, x,
                         options.num_classes or int(np.max(y)) + 1,
                         exact=options.num_classes is not None)
-  checks = model_checks.check_model(given.model, x, options.randomized,
-                                    options.bpda, options.seed)
+  checks = model_checks.check_model(
+      given.model, x, options.randomized, options.bpda, options.seed,
+      step=budget.epsilon / 4 if budget.epsilon > 0 else detect.FD_STEP)
   if surrogates is not None:
     given = surrogates(given.model, checks)
   target = suite.Target(given.model, surrogate=given.surrogate,

@@ -36,6 +36,7 @@ import dataclasses
 import os
 import threading
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
 
@@ -68,7 +69,8 @@ def run_unit(target, plan, unit, x, y):
   start, stop = plan.block_range(unit.block)
   xb, yb = x[start:stop], y[start:stop]
   seed = plan_lib.unit_seed(plan.seed, unit.block)
-  meta = {"attack": unit.attack, "block": unit.block, "unit_seed": seed}
+  meta = {"attack": unit.attack, "block": unit.block, "unit_seed": seed,
+          "key": plan.key(unit)}
   arrays = {"y": yb, "index": np.arange(start, stop)}
   if unit.attack == plan_lib.CLEAN:
     clean = suite.score_clean(target, xb, yb, seed=seed, draws=plan.draws)
@@ -117,16 +119,17 @@ def run(plan, target, x, y, report_dir, shard=plan_lib.Shard(),
   folder = store.claim(report_dir, plan)
   summary = RunSummary(ran=[], reused=[], failed={})
   pending = []
+  job = _Job(plan, x, y, folder)
   for unit in plan.units(shard.count, shard.index):
     key = plan.key(unit)
-    if os.path.exists(os.path.join(folder, key)):
+    if _finished(job, unit):
       summary.reused.append(key)
       if progress is not None:
         progress(unit, key, "reused")
     else:
       pending.append(unit)
-  _execute(_Job(plan, x, y, folder), pending, replicas or [(None, target)],
-           summary, keep_going, progress)
+  _execute(job, pending, replicas or [(None, target)], summary, keep_going,
+           progress)
   return summary
 
 
@@ -137,6 +140,27 @@ class _Job:
   x: np.ndarray
   y: np.ndarray
   folder: str
+
+
+def _finished(job, unit):
+  """Whether `unit`'s file exists and is its own (`store.read_unit`).
+
+  A file that is damaged or holds another unit's result is reported with a
+  warning naming it, and the unit counts as not finished: it is recomputed
+  and the file replaced.
+  """
+  key = job.plan.key(unit)
+  path = os.path.join(job.folder, key)
+  if not os.path.exists(path):
+    return False
+  start, stop = job.plan.block_range(unit.block)
+  try:
+    store.read_unit(path, key, unit.attack, unit.block, range(start, stop),
+                    job.y[start:stop])
+  except store.UnitError as error:
+    logging.warning("%s: recomputing it.", error)
+    return False
+  return True
 
 
 def _run_claimed(job, unit, replica, device, block):
@@ -150,7 +174,7 @@ def _run_claimed(job, unit, replica, device, block):
   if handle is None:
     return None
   try:
-    if os.path.exists(os.path.join(job.folder, key)):
+    if _finished(job, unit):
       return "reused"
     with tf.device(device) if device else contextlib.nullcontext():
       arrays, meta = run_unit(replica, job.plan, unit, job.x, job.y)
@@ -254,9 +278,15 @@ def stored_rerun(report_dir, known=()):
                           *shape)
     path = os.path.join(folder, f"{name}.{key}.npz")
     if os.path.exists(path):
-      arrays, meta = store.load_unit(path)
-      return records.attack_result(name, [(arrays, meta)],
-                                   meta["attack_seed"], meta["score_seed"])
+      try:
+        arrays, meta = store.load_unit(path)
+        if meta.get("attack") != name or not np.array_equal(arrays.get("y"), y):
+          raise store.UnitError(f"{path} holds another run than {name!r} on "
+                                "these images")
+        return records.attack_result(name, [(arrays, meta)],
+                                     meta["attack_seed"], meta["score_seed"])
+      except store.UnitError as error:
+        logging.warning("%s: recomputing it.", error)
     result = suite.rerun(target, name, x, y, budget, seed, draws, **changes)
     os.makedirs(folder, exist_ok=True)
     arrays, meta = records.attack_record(result)

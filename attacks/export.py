@@ -15,38 +15,94 @@ import os
 
 import numpy as np
 
+from adv_layer.layer import find_transforms
 from attacks import plan as plan_lib
 from attacks import records
 from attacks import sanity
 from attacks import store
 from attacks import suite
 
-__all__ = ["EXAMPLES_FILE", "ROBUSTBENCH_FILE", "export", "replay",
-           "robustbench_entry"]
+__all__ = ["EXAMPLES_FILE", "ROBUSTBENCH_FILE", "export", "model_info",
+           "replay", "robustbench_entry"]
 
 ROBUSTBENCH_FILE = "robustbench.json"
 EXAMPLES_FILE = "adversarial.npz"
 
 
-def robustbench_entry(merged, model_name, data_name, flags=None):
+def model_info(model):
+  """RobustBench `model_info` fields that a Keras model itself shows.
+
+  `architecture` is the model's class and name; `number_forward_passes`
+  counts the passes of networks one prediction runs: 1, plus for each
+  `AdversarialTransform` the steps + 1 forward passes of its f_b (each but
+  the last with a backward pass). `leaderboard_eligible` applies
+  RobustBench's rules for its leaderboard (a deterministic model, no
+  optimization at test time, gradients that reach the input), with the
+  reasons a model fails them.
+
+  Args:
+    model: the Keras model evaluated.
+
+  Returns:
+    A dict.
+  """
+  transforms = find_transforms(model)
+  return {
+      "architecture": f"{type(model).__name__} {model.name!r}",
+      "number_forward_passes": 1 + sum(t.steps + 1 for t in transforms),
+      "test_time_optimization": bool(transforms),
+  }
+
+
+def _eligibility(merged, info):
+  """Why RobustBench's leaderboard rules exclude the model ([]: they don't)."""
+  plan = merged.plan
+  randomized = plan.defended if plan.randomized is None else plan.randomized
+  reasons = []
+  if randomized:
+    reasons.append("randomized: two inference passes on the same images "
+                   "disagree")
+  if info.get("test_time_optimization"):
+    reasons.append("optimization at test time: an AdversarialTransform runs "
+                   "PGD on f_b for every input")
+  if plan.bpda_layers:
+    reasons.append("masked input gradients (BPDA applied to "
+                   f"{', '.join(plan.bpda_layers)})")
+  return reasons
+
+
+def robustbench_entry(merged, model_name, data_name, flags=None, info=None):
   """A RobustBench-style record of a merged evaluation.
 
   Accuracies are percent strings with 2 decimals, as RobustBench writes
   them; `clean_acc` and `robust_acc` are strict (correct in every one of the
   R draws), the `_mean` ones average over draws, and `robust_acc` is the
-  per-example worst case over every attack.
+  per-example worst case over every attack. RobustBench's `model_info`
+  fields are filled where they mean the same here: `autoattack_acc` is the
+  worst case over this evaluation's attacks (AutoAttack's `rand` pair among
+  them when the plan holds APGD-CE and APGD-DLR), `reported` the robust
+  accuracy its authors claim (None: unknown), `venue` (None: unknown),
+  `architecture` and `number_forward_passes` (`model_info`), and
+  `leaderboard_eligible` with the rules the model fails
+  (`not_eligible_because`).
 
   Args:
     merged: a `Merged`.
     model_name: the model's name.
     data_name: the data, e.g. "CIFAR-10 (JPEG copy)".
     flags: `sanity.Flag`s (default: `sanity.cheap_checks`).
+    info: `model_info` of the model, optionally with `reported` and
+      `venue` (None: only the eligibility the plan shows).
 
   Returns:
     A JSON-ready dict.
   """
   result = merged.suite_result
   flags = sanity.cheap_checks(result) if flags is None else flags
+  info = dict(info or {})
+  state = sanity.verdict(result.failed, flags,
+                         sanity.shortfalls(result, flags))
+  excluded = _eligibility(merged, info)
   budget = result.budget
   return {
       "name": model_name, "dataset": data_name, "threat_model": "Linf",
@@ -60,20 +116,25 @@ def robustbench_entry(merged, model_name, data_name, flags=None):
                      for r in result.results},
       "attacks": [r.name for r in result.results],
       "failed": dict(result.failed), "skipped": dict(result.skipped),
-      "verdict": sanity.verdict(result.failed, flags),
+      "verdict": state,
       "budget": dataclasses.asdict(budget),
       "attack_budgets": {r.name: r.budget for r in result.results},
       "weaker_than_reference": result.weaker_than_reference,
       "images": merged.plan.images, "draws": result.draws, "seed": result.seed,
       "unit_size": merged.plan.unit_size,
       "model_digest": merged.plan.model_digest,
-      "unreliable": sanity.verdict(result.failed, flags) != suite.COMPLETE or any(
-          f.tripped for f in flags),
+      "unreliable": state != suite.COMPLETE or any(f.tripped for f in flags),
       "sanity_flags": [f.to_dict() for f in flags],
+      "autoattack_acc": records.percent(result.worst["strict_accuracy"]),
+      "reported": info.pop("reported", None),
+      "venue": info.pop("venue", None),
+      **info,
+      "leaderboard_eligible": not excluded,
+      "not_eligible_because": excluded,
   }
 
 
-def export(merged, out_dir, model_name, data_name, flags=None):
+def export(merged, out_dir, model_name, data_name, flags=None, info=None):
   """Writes robustbench.json and adversarial.npz of a merged evaluation.
 
   adversarial.npz holds, for the attacks that completed (in report order):
@@ -90,6 +151,7 @@ def export(merged, out_dir, model_name, data_name, flags=None):
     model_name: the model's name.
     data_name: the data's name.
     flags: `sanity.Flag`s for the JSON (default: `sanity.cheap_checks`).
+    info: `model_info` fields for the JSON (`robustbench_entry`).
 
   Returns:
     dict "robustbench" / "adversarial" -> path.
@@ -107,8 +169,8 @@ def export(merged, out_dir, model_name, data_name, flags=None):
   paths = {"robustbench": os.path.join(out_dir, ROBUSTBENCH_FILE),
            "adversarial": os.path.join(out_dir, EXAMPLES_FILE)}
   with open(paths["robustbench"], "w") as f:
-    json.dump(robustbench_entry(merged, model_name, data_name, flags), f,
-              indent=1, default=plan_lib.json_default)
+    json.dump(robustbench_entry(merged, model_name, data_name, flags, info),
+              f, indent=1, default=plan_lib.json_default)
   per_attack = lambda seeds: np.stack([seeds[n][block] for n in names]) \
       if names else np.zeros([0, plan.images], np.int64)
   store.write_npz(paths["adversarial"], {

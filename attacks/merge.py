@@ -48,6 +48,41 @@ class Merged:
   missing: list
 
 
+def _read_units(plan, folder, expected, missing):
+  """Every present unit file, checked (`store.read_unit`), by `Unit`.
+
+  Clean units are checked against the plan's images and labels (its
+  `data_digest`), attack units against their block's clean labels.
+
+  Raises:
+    ValueError: for a damaged or misfiled unit, naming it and the fix.
+  """
+  fix = ("; run the evaluation again without --merge_only (merge_only=False) "
+         "to recompute it")
+  loaded = {}
+  try:
+    for key, unit in sorted(expected.items(),
+                            key=lambda item: item[1].attack != plan_lib.CLEAN):
+      if key in missing:
+        continue
+      start, stop = plan.block_range(unit.block)
+      clean = loaded.get(plan_lib.Unit(plan_lib.CLEAN, unit.block))
+      loaded[unit] = store.read_unit(
+          os.path.join(folder, key), key, unit.attack, unit.block,
+          range(start, stop), None if clean is None else clean[0]["y"])
+  except store.UnitError as error:
+    raise ValueError(f"{error}{fix}") from error
+  clean = [loaded[plan_lib.Unit(plan_lib.CLEAN, b)][0]
+           for b in range(plan.blocks)]
+  x = np.concatenate([arrays["x"] for arrays in clean])
+  y = np.concatenate([arrays["y"] for arrays in clean])
+  if plan_lib.digest(x.astype(np.float32).tobytes(),
+                     y.astype(np.int64).tobytes()) != plan.data_digest:
+    raise ValueError(f"The clean units in {folder} hold other images or "
+                     f"labels than the evaluation's{fix}")
+  return loaded
+
+
 def merge(report_dir, allow_incomplete=False):
   """Builds the one result of an evaluation from its unit files.
 
@@ -72,20 +107,16 @@ def merge(report_dir, allow_incomplete=False):
   if stray:
     raise ValueError(f"{folder} holds unit files of another evaluation "
                      f"(e.g. {stray[0]}). Received: report_dir={report_dir!r}")
-  loaded = {}
-  missing = []
-  for key, unit in expected.items():
-    path = os.path.join(folder, key)
-    if os.path.exists(path):
-      loaded[unit] = store.load_unit(path)
-    else:
-      missing.append(key)
+  missing = [key for key in expected
+             if not os.path.exists(os.path.join(folder, key))]
   blocks = range(plan.blocks)
   lacking = [key for key in missing if expected[key].attack == plan_lib.CLEAN]
   if lacking or (missing and not allow_incomplete):
-    raise ValueError(f"{len(missing)} of {len(expected)} units are missing "
-                     f"(e.g. {missing[0]}): run every shard first. Received: "
-                     f"report_dir={report_dir!r}")
+    raise ValueError(
+        f"{len(missing)} of {len(expected)} units are missing (e.g. "
+        f"{missing[0]}): run the evaluation (every shard, if it is sharded) "
+        f"until each unit is written. Received: report_dir={report_dir!r}")
+  loaded = _read_units(plan, folder, expected, missing)
   clean_units = [loaded[plan_lib.Unit(plan_lib.CLEAN, b)] for b in blocks]
   clean = records.merged_score(clean_units, plan.seed)
   results, failed = [], {}

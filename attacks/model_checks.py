@@ -7,11 +7,12 @@ AutoAttack's `checks.py`, acted on rather than warned about):
   (`attacks.detect.is_randomized`), or the user says so.
 - Does a seeded pass repeat? (`attacks.detect.replay_is_exact`): replay of
   a recorded result is exact only then, and the report says which.
-- Which layers mask their input gradient (None, zero, not finite;
-  `attacks.detect.masked_layers`, probed layer by layer when the whole
-  model's input gradient is one of those, `whole_gradient`; a layer masked
-  on one branch while another branch carries the gradient is not found
-  then: name it)? Those whose output has their input's shape are wrapped with identity BPDA for the white-box attacks
+- Which layers (or raw ops) mask their input gradient: None, zero, not
+  finite, or shattered (autodiff disagrees with finite differences of the
+  forward pass; `attacks.detect.masked_layers`, probed layer by layer), and
+  is the whole model's input gradient one of the first three
+  (`whole_gradient`)? The layers whose output has their input's shape are
+  wrapped with identity BPDA for the white-box attacks
   (`attacks.bpda`, Athalye et al. 2018) unless the user turns it off or
   names the layers.
 
@@ -28,7 +29,7 @@ from attacks import estimators
 
 __all__ = [
     "BPDA_MODES", "ModelChecks", "RANDOMIZED", "check_model", "check_modes",
-    "whole_gradient"
+    "reason_text", "whole_gradient"
 ]
 
 RANDOMIZED = ("auto", "yes", "no")
@@ -44,10 +45,13 @@ class ModelChecks:
     randomized_why: how that was decided.
     replay_exact: whether seeded passes repeat bit for bit.
     replay_why: how that was decided.
-    masked_layers: dict layer path -> reason ("none", "zero", "nonfinite")
-      of the layers with masked input gradients.
+    masked_layers: dict layer path -> reason (input gradient None, zero,
+      not finite or shattered) of the layers and raw ops with masked input
+      gradients.
     bpda_layers: dict layer path -> why it is wrapped with identity BPDA.
     notes: further lines for the report.
+    whole_gradient: the whole model's input gradient ("ok", "none",
+      "zero" or "nonfinite"; an AdversarialTransform counts as identity).
   """
   randomized: bool
   randomized_why: str
@@ -56,6 +60,7 @@ class ModelChecks:
   masked_layers: dict
   bpda_layers: dict
   notes: tuple = ()
+  whole_gradient: str = "ok"
 
   def to_dict(self):
     record = dataclasses.asdict(self)
@@ -64,7 +69,14 @@ class ModelChecks:
 
 
 _REASONS = {"none": "input gradient None", "zero": "input gradient zero",
-            "nonfinite": "input gradient not finite"}
+            "nonfinite": "input gradient not finite",
+            "shattered": ("input gradient shattered: autodiff disagrees with "
+                          "finite differences of the forward pass")}
+
+
+def reason_text(reason):
+  """How a report words a `attacks.detect.MASK_REASONS` entry."""
+  return _REASONS[reason]
 
 
 def check_modes(randomized, bpda):
@@ -91,7 +103,8 @@ def whole_gradient(model, x, seed=0):
     return detect.input_gradient_status(model, x, seed=seed)
 
 
-def check_model(model, x, randomized="auto", bpda="auto", seed=0):
+def check_model(model, x, randomized="auto", bpda="auto", seed=0,
+                step=detect.FD_STEP):
   """Looks at a model before attacking it: randomness, replay, masking.
 
   Args:
@@ -101,6 +114,8 @@ def check_model(model, x, randomized="auto", bpda="auto", seed=0):
     bpda: "auto" (wrap every masked layer whose output has its input's
       shape), "off" (wrap none), or a list of layer names to wrap.
     seed: seed of the probes.
+    step: the finite-difference step of the shattered-gradient check (an
+      attack's step size).
 
   Returns:
     A `ModelChecks`.
@@ -125,11 +140,15 @@ def check_model(model, x, randomized="auto", bpda="auto", seed=0):
                                           "ops), so a replay is not exact"))
   else:
     exact, exact_why = True, "deterministic model"
-  masked = {}
-  if whole_gradient(model, x, seed) != "ok":
-    masked = {m.path: _REASONS[m.reason]
-              for m in detect.masked_layers(model, x, seed=seed)}
+  whole = whole_gradient(model, x, seed)
+  masked = {m.path: _REASONS[m.reason]
+            for m in detect.masked_layers(model, x, seed=seed, step=step)}
   notes = []
+  if whole != "ok" and not masked:
+    notes.append(f"The whole model's input gradient is {whole}, but no layer "
+                 "or op was found masked (e.g. a subclassed model's own "
+                 "call): no BPDA applies, so the white-box attacks see no "
+                 "gradient.")
   wrapped = {}
   if find_transforms(model) and bpda not in ("auto", "off"):
     raise ValueError(
@@ -161,7 +180,7 @@ def check_model(model, x, randomized="auto", bpda="auto", seed=0):
   return ModelChecks(randomized=random, randomized_why=random_why,
                      replay_exact=exact, replay_why=exact_why,
                      masked_layers=masked, bpda_layers=wrapped,
-                     notes=tuple(notes))
+                     notes=tuple(notes), whole_gradient=whole)
 
 
 def _keeps_shape(layer):

@@ -76,13 +76,31 @@ def model_digest(model):
 
   Returns:
     A string; any change of architecture, hyperparameters (the transform's
-    too) or weight value changes it.
+    too) or weight value changes it. A subclassed model without a
+    `get_config` (Keras' default raises NotImplementedError for a model
+    whose constructor takes arguments) is described by its class and the
+    class, name and config of every layer it tracks instead.
   """
-  parts = [dumps(model.get_config())]
+  parts = [dumps(_architecture(model))]
   for weight in model.weights:
     value = np.ascontiguousarray(keras.ops.convert_to_numpy(weight))
     parts += [f"{value.dtype}{value.shape}", value.tobytes()]
   return digest(*parts)
+
+
+def _architecture(model):
+  """`model.get_config()`, or its class and its layers' where it has none."""
+  try:
+    return model.get_config()
+  except NotImplementedError:
+    layers = []
+    for layer in getattr(model, "_flatten_layers", lambda: [])():
+      try:
+        config = layer.get_config()
+      except NotImplementedError:
+        config = None
+      layers.append([type(layer).__qualname__, layer.name, config])
+    return {"class": type(model).__qualname__, "layers": layers}
 
 
 def budget_digest(budget, draws, unit_size, fields):
@@ -251,13 +269,43 @@ class Plan:
 def check_images(x, y, budget):
   """`x` as float32 and `y` as int32 NumPy arrays, checked against `budget`.
 
+  An evaluation's figures are only as good as its labels: a label below 0
+  (e.g. -1 for "unlabelled") or a fractional one would be scored as a class
+  no prediction can match, so they are refused, never cast.
+
   Raises:
-    ValueError: for images outside `budget.value_range`, or mismatched or
-      bad labels (`common.check_images_labels`).
+    ValueError: for no images, images that are not finite or lie outside
+      `budget.value_range`, missing labels, labels that are not
+      non-negative integers, or a label count that is not the image count.
   """
-  x, _ = common.check_images_labels(np.asarray(x, np.float32),
-                                    np.asarray(y, np.int32), budget.value_range)
-  return x.numpy(), np.asarray(y, np.int32)
+  if x is None or np.size(x) == 0:
+    raise ValueError("`x` must hold at least one image. Received: x.shape="
+                     f"{None if x is None else np.shape(x)}")
+  if y is None:
+    raise ValueError("`y` must hold one integer label per image. "
+                     "Received: y=None")
+  labels = np.asarray(y)
+  if labels.dtype.kind not in "iuf" or labels.ndim != 1:
+    raise ValueError("`y` must be a 1-D array of integer labels. Received: "
+                     f"y.dtype={labels.dtype}, y.shape={labels.shape}")
+  if labels.size and labels.dtype.kind == "f" and not np.all(
+      np.isfinite(labels) & (labels == np.round(labels))):
+    bad = labels[~(np.isfinite(labels) & (labels == np.round(labels)))]
+    raise ValueError(f"`y` must hold integer labels; {bad.size} are not "
+                     f"whole numbers. Received: e.g. y={bad[0].item()!r}")
+  if labels.size and labels.min() < 0:
+    raise ValueError(
+        f"`y` must hold class indices >= 0; {int(np.sum(labels < 0))} are "
+        "negative (e.g. -1 for unlabelled images): evaluate labelled images "
+        f"only. Received: min(y)={labels.min().item()!r}")
+  x = np.asarray(x)
+  if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
+    raise ValueError(
+        f"`x` must hold finite pixel values; {int(np.sum(~np.isfinite(x)))} "
+        "are NaN or infinite. Received: x with non-finite values")
+  x, _ = common.check_images_labels(x, labels.astype(np.int32),
+                                    budget.value_range)
+  return x.numpy(), labels.astype(np.int32)
 
 
 def make_plan(target, x, y, attacks, budget=suite.Budget(), seed=0,
@@ -286,6 +334,12 @@ def make_plan(target, x, y, attacks, budget=suite.Budget(), seed=0,
   common.check_number("unit_size", unit_size, minimum=1, integer=True)
   x, y = check_images(x, y, budget)
   runs, skipped = suite.plan(target, suite.resolve_attacks(attacks))
+  if not runs:
+    raise ValueError(
+        "None of the attacks applies to this model, so nothing would be "
+        "attacked: " + "; ".join(f"{name}: {why}" for name, why in
+                                 skipped.items()) +
+        f". Received: attacks={list(attacks)!r}")
   return Plan(
       attacks=tuple((name, spec.name) for name, spec in runs),
       skipped=dict(skipped), images=len(x), unit_size=unit_size,

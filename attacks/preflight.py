@@ -2,9 +2,10 @@
 
 A bad input to an evaluation must stop it at once with one message a user
 can act on, not after the model, the data and a surrogate's training, and
-never end as a silent wrong answer (issue 21). Each check here raises
-`ValueError` (`FileNotFoundError` for a missing model file) whose message
-names the command-line flag and the value received:
+never end as a silent wrong answer. Each check here raises `ValueError`
+(`FileNotFoundError` for a missing model file) whose message names the
+argument (the command-line flag, where the program passes its name) and the
+value received:
 
 - `check_epsilon`: a budget at least as wide as the value range (`--epsilon=8`
   meant as 8/255) is refused, with the fraction the user probably meant and
@@ -59,7 +60,7 @@ LEGACY_ENDINGS = (".h5", ".hdf5")
 QUOTED_CHARS = 300
 
 
-def check_epsilon(epsilon, value_range, allow_large=False, flag="epsilon"):
+def check_epsilon(epsilon, value_range, allow_large=False, flag="`epsilon`"):
   """Refuses an L∞ budget at least as wide as the value range it perturbs.
 
   Such a budget lets an attack move any image anywhere in the range; it is
@@ -71,7 +72,8 @@ def check_epsilon(epsilon, value_range, allow_large=False, flag="epsilon"):
     epsilon: the budget, a finite number >= 0.
     value_range: `(low, high)` of the pixel values.
     allow_large: run a budget >= high - low anyway.
-    flag: the budget's flag, for the message.
+    flag: how the caller names the budget, for the message (a library
+      argument by default; the command line passes "--epsilon").
 
   Returns:
     `epsilon` as a float.
@@ -83,22 +85,23 @@ def check_epsilon(epsilon, value_range, allow_large=False, flag="epsilon"):
   Example:
     >>> check_epsilon(8, (0.0, 1.0))  # ValueError: did you mean 8/255?
   """
-  common.check_number(flag, epsilon, minimum=0)
+  name = flag.strip("`-")
+  common.check_number(name, epsilon, minimum=0)
   if not np.isfinite(epsilon):
-    raise ValueError(f"--{flag} must be a finite number. "
-                     f"Received: {flag}={epsilon!r}")
+    raise ValueError(f"{flag} must be a finite number. "
+                     f"Received: {name}={epsilon!r}")
   low, high = float(value_range[0]), float(value_range[1])
   width = high - low
   if epsilon >= width and not allow_large:
     meant = epsilon / PIXEL_LEVELS * width
     of_range = "" if width == 1.0 else f" of the range width {width:g}"
     raise ValueError(
-        f"--{flag}={epsilon:g} is at least the width {width:g} of the value "
+        f"{flag}={epsilon:g} is at least the width {width:g} of the value "
         f"range ({low:g}, {high:g}): an attack could move every image "
         f"anywhere in the range. For a budget in pixel levels, did you mean "
         f"{epsilon:g}/{PIXEL_LEVELS}{of_range} (= {meant:.4f})? To run such a "
-        f"budget on purpose (a sanity check), add --{LARGE_EPSILON_FLAG}. "
-        f"Received: {flag}={epsilon!r}")
+        f"budget on purpose (a sanity check), add --{LARGE_EPSILON_FLAG} "
+        f"({LARGE_EPSILON_FLAG}=True in Python). Received: {name}={epsilon!r}")
   return float(epsilon)
 
 
@@ -130,7 +133,7 @@ def _first_line(error):
   return line if len(line) <= QUOTED_CHARS else line[:QUOTED_CHARS] + " ..."
 
 
-def probe_model(model, x, num_classes, flag="model", exact=True):
+def probe_model(model, x, num_classes, flag="`model`", exact=True):
   """Calls the model once on a few images and checks what it returns.
 
   Checks, before any attack runs: the model takes images of the data's shape
@@ -147,7 +150,8 @@ def probe_model(model, x, num_classes, flag="model", exact=True):
     x: the evaluation's images, `(images, ...)`; the first `PROBE_IMAGES`
       are used.
     num_classes: the data's number of classes, or None (not checked).
-    flag: the model's flag, for the messages.
+    flag: how the caller names the model, for the messages (a library
+      argument by default; the command line passes "--model").
     exact: require exactly `num_classes` logits; False only refuses fewer
       (for classes inferred from the labels of a few images).
 
@@ -165,7 +169,7 @@ def probe_model(model, x, num_classes, flag="model", exact=True):
   """
   x = np.asarray(x)
   if x.ndim < 1 or len(x) == 0:
-    raise ValueError(f"--{flag} can only be probed on at least one image. "
+    raise ValueError(f"{flag} can only be probed on at least one image. "
                      f"Received: x.shape={x.shape}")
   images = x[:PROBE_IMAGES].astype(np.float32)
   expected = _input_shape(model)
@@ -174,9 +178,9 @@ def probe_model(model, x, num_classes, flag="model", exact=True):
       len(expected) != len(received) or
       any(e is not None and e != r for e, r in zip(expected[1:], received[1:]))):
     raise ValueError(
-        f"--{flag} takes images of shape {expected}, but the data's images "
+        f"{flag} takes images of shape {expected}, but the data's images "
         f"have shape {received}: evaluate the model on data of its own shape "
-        f"(or resize the images). Received: {flag} input shape={expected}, "
+        f"(or resize the images). Received: model input shape={expected}, "
         f"images shape={received}")
   try:
     if isinstance(model, keras.Model):
@@ -186,21 +190,21 @@ def probe_model(model, x, num_classes, flag="model", exact=True):
     outputs = np.asarray(tf.cast(outputs, tf.float32))
   except (ValueError, TypeError, tf.errors.InvalidArgumentError) as error:
     raise ValueError(
-        f"--{flag} failed on {len(images)} of the data's images, of shape "
+        f"{flag} failed on {len(images)} of the data's images, of shape "
         f"{received} (its input shape: {expected or 'not known'}); check that "
         f"it takes such images. The model's error: {_first_line(error)} "
-        f"Received: {flag} input shape={expected}, images shape={received}"
+        f"Received: model input shape={expected}, images shape={received}"
     ) from error
   if outputs.ndim != 2 or outputs.shape[0] != len(images):
     raise ValueError(
-        f"--{flag} must return logits of shape (images, classes): one row of "
+        f"{flag} must return logits of shape (images, classes): one row of "
         f"{num_classes or 'class'} logits per image. Received: output "
         f"shape={outputs.shape} for {len(images)} images")
   width = int(outputs.shape[1])
   if num_classes is not None and (width < num_classes or
                                   (exact and width != num_classes)):
     raise ValueError(
-        f"--{flag} returns {width} logits per image, but the data has "
+        f"{flag} returns {width} logits per image, but the data has "
         f"{num_classes} classes: evaluate the model on the data it was "
         f"trained for. Received: output width={width}, "
         f"num_classes={num_classes}")
@@ -210,7 +214,7 @@ def probe_model(model, x, num_classes, flag="model", exact=True):
     what = ("each row summing to 1: a softmax head" if kind == "softmax" else
             "a sigmoid or other squashing head")
     raise ValueError(
-        f"--{flag} returns probabilities (every output in [0, 1], {what}), "
+        f"{flag} returns probabilities (every output in [0, 1], {what}), "
         f"but the suite's losses take logits: drop the final activation "
         f"(e.g. `activation=None` in the last Dense layer, or remove the "
         f"last Softmax/Activation layer) and save the model again. Received: "
@@ -326,14 +330,15 @@ def import_modules(names, flag="import"):
   return modules
 
 
-def check_report_dir(path, flag="report_dir"):
+def check_report_dir(path, flag="`report_dir`"):
   """Makes sure the output folder exists (creating it) and is writable.
 
   Writability is tested by writing and removing a probe file.
 
   Args:
     path: the folder.
-    flag: the flag's name, for the message.
+    flag: how the caller names the folder, for the message (a library
+      argument by default; the command line passes "--report_dir").
 
   Returns:
     `path`.
@@ -342,24 +347,25 @@ def check_report_dir(path, flag="report_dir"):
     ValueError: for an empty path, a path that is a file, a folder that
       cannot be created, or one that is not writable.
   """
+  name = flag.strip("`-")
   if not path:
-    raise ValueError(f"--{flag} is required. Received: {flag}={path!r}")
+    raise ValueError(f"{flag} is required. Received: {name}={path!r}")
   if os.path.exists(path) and not os.path.isdir(path):
-    raise ValueError(f"--{flag}={path!r} is a file, not a folder: name a "
-                     f"folder for the report. Received: {flag}={path!r}")
+    raise ValueError(f"{flag}={path!r} is a file, not a folder: name a "
+                     f"folder for the report. Received: {name}={path!r}")
   try:
     os.makedirs(path, exist_ok=True)
   except OSError as error:
-    raise ValueError(f"--{flag}={path!r} cannot be created "
+    raise ValueError(f"{flag}={path!r} cannot be created "
                      f"({type(error).__name__}: {_first_line(error)}). "
-                     f"Received: {flag}={path!r}") from error
+                     f"Received: {name}={path!r}") from error
   try:
     with tempfile.NamedTemporaryFile(dir=path, prefix=".preflight_"):
       pass
   except OSError as error:
-    raise ValueError(f"--{flag}={path!r} is not writable "
+    raise ValueError(f"{flag}={path!r} is not writable "
                      f"({type(error).__name__}: {_first_line(error)}). "
-                     f"Received: {flag}={path!r}") from error
+                     f"Received: {name}={path!r}") from error
   return path
 
 

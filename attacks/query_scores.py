@@ -3,8 +3,8 @@
 The defended model f_a(g(x)) is random: every query draws a fresh random start
 of g, so one query's margin (or label) is one sample of a random variable. A
 query attack that trusts one draw stops on a lucky misclassification and
-compares later candidates with a lucky-low score (DESIGN.md, "Attacks know
-the model is random"). The helpers here make the query attacks
+compares later candidates with a lucky-low score (docs/EVALUATION.md,
+randomized models). The helpers here make the query attacks
 randomness-aware with `query_draws` = M:
 
 - a candidate's score is its margin z_y − max_{j≠y} z_j averaged over M draws

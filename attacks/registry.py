@@ -351,10 +351,18 @@ def resolve_attacks(names):
     The attack names in order, without repeats.
 
   Raises:
-    ValueError: for an unknown name, listing the accepted ones.
+    ValueError: for an unknown name, listing the accepted ones, or for no
+      name at all (an evaluation without attacks would report its clean
+      accuracy as robust accuracy).
   """
   if isinstance(names, str):
     names = [names]
+  names = list(names or [])
+  if not names:
+    raise ValueError(
+        "`attacks` must name at least one attack or preset (e.g. "
+        f"'adaptive'; presets: {', '.join(sorted(PRESETS))}). Received: "
+        f"attacks={names!r}")
   resolved = []
   for name in names:
     if name in PRESETS:

@@ -79,9 +79,12 @@ def report_dict(suite_result, flags, extras=None, meta=None):
     A dict.
   """
   budget = suite_result.budget
-  state = sanity.verdict(suite_result.failed, flags)
+  short = sanity.shortfalls(suite_result, flags)
+  state = sanity.verdict(suite_result.failed, flags, short)
   signs = {"masking_signs": [f.name for f in sanity.masking_signs(flags)]
           } if state == suite.SUSPECT else {}
+  if state == suite.UPPER_BOUND:
+    signs["upper_bound"] = short
   return signs | {
       "verdict": state,
       "weaker_than_reference": list(suite_result.weaker_than_reference),
@@ -183,8 +186,14 @@ def header_lines(report):
              f"{', '.join(report['masking_signs'])} (see the sanity checks). "
              "The worst case below is an upper bound until an adaptive attack "
              "(BPDA, EOT, another loss) clears them."]
+  elif report["verdict"] == suite.UPPER_BOUND:
+    lines = [f"**Verdict: {suite.UPPER_BOUND}.** Every planned attack ran "
+             "with no sign of gradient masking, but the worst case below is "
+             "only an upper bound on the reference evaluation's: "
+             f"{'; '.join(report['upper_bound'])}."]
   else:
-    lines = [f"Verdict: {suite.COMPLETE} (every planned attack ran)."]
+    lines = [f"Verdict: {suite.COMPLETE} (every planned attack ran at the "
+             "reference budget; convergence checks passed)."]
   lines += model_check_lines(report["meta"].get("model_checks"))
   budget = reference.budget
   lines += ["", f"Reference budget: AutoAttack `rand` ({budget.steps} steps, "

@@ -37,6 +37,7 @@ from attacks.execute import stored_rerun
 from attacks.export import EXAMPLES_FILE
 from attacks.export import ROBUSTBENCH_FILE
 from attacks.export import export
+from attacks.export import model_info
 from attacks.export import replay
 from attacks.export import robustbench_entry
 from attacks.merge import Merged
@@ -57,6 +58,6 @@ __all__ = [
     "CLEAN", "CostEstimate", "EXAMPLES_FILE", "Merged", "PLAN_FILE", "Plan",
     "RERUNS_DIR", "ROBUSTBENCH_FILE", "RunSummary", "Shard", "UNITS_DIR",
     "Unit", "budget_digest", "estimate_cost", "export", "forward_flops",
-    "make_plan", "merge", "model_digest", "replay", "robustbench_entry", "run",
-    "stored_rerun", "unit_seed"
+    "make_plan", "merge", "model_digest", "model_info", "replay",
+    "robustbench_entry", "run", "stored_rerun", "unit_seed"
 ]

@@ -22,8 +22,9 @@ from attacks.verdict import (
     LARGE_EPSILON, MASKING_SIGNS, NOT_RUN, OK, TRIPPED, Flag, cheap_checks,
     check_convergence, check_eot_gradients, check_failures,
     check_gradient_masking, check_gradients, check_large_epsilon,
-    check_monotone_epsilon, check_nonfinite_outputs, check_robust_le_clean,
-    format_flags, masking_signs, nonfinite_counts, verdict)
+    check_masked_layers, check_monotone_epsilon, check_nonfinite_outputs,
+    check_robust_le_clean, format_flags, masking_signs, nonfinite_counts,
+    shortfalls, verdict)
 # pylint: enable=unused-import,g-multiple-import
 
 __all__ = [

@@ -3,7 +3,7 @@
 The defended model f_a(g(x)) is random: g starts from a fresh draw of noise on
 every call. An adversarial image is therefore scored with R fresh draws of the
 model (the paper's metric, Sec. 4, applied per draw), and two figures are
-reported (DESIGN.md, evaluation rules):
+reported (docs/EVALUATION.md):
 
 - mean accuracy: the fraction of (image, draw) pairs classified correctly;
 - strict accuracy: the fraction of images classified correctly in *every* draw.

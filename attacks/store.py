@@ -15,6 +15,16 @@ unit's lock (`locked`, an exclusive `fcntl.flock` on a hidden `.KEY.lock`
 file, released by the kernel when the process dies), and skips a unit whose
 file exists once it holds the lock. The extra runs of a report are kept the
 same way in `<report_dir>/reruns/`.
+
+A unit file is trusted only after `read_unit` has checked it: it must load
+(every array of an .npz is a zip member with its own CRC-32, so a truncated,
+empty or bit-flipped file fails to load) and carry its identity: the plan key
+it was written under (`meta["key"]`, absent in files written before it was
+recorded), its attack and block, the image indices of that block and the
+labels of those images. A file that fails is a `UnitError` naming the file
+and what is wrong: `attacks.execute.run` recomputes it with a warning,
+`attacks.merge.merge` refuses it. A damaged plan.json is refused with what to
+do.
 """
 
 import contextlib
@@ -22,15 +32,17 @@ import fcntl
 import json
 import os
 import tempfile
+import zipfile
+import zlib
 
 import numpy as np
 
 from attacks import plan as plan_lib
 
 __all__ = [
-    "PLAN_FIELDS", "PLAN_FILE", "RERUNS_DIR", "UNITS_DIR", "claim",
-    "load_unit", "lock_path", "locked", "read_plan", "try_lock",
-    "write_atomic", "write_npz"
+    "PLAN_FIELDS", "PLAN_FILE", "RERUNS_DIR", "UNITS_DIR", "UnitError",
+    "claim", "load_unit", "lock_path", "locked", "read_plan", "read_unit",
+    "try_lock", "write_atomic", "write_npz"
 ]
 
 UNITS_DIR = "units"
@@ -105,11 +117,69 @@ def write_npz(path, arrays, meta=None):
                                         **arrays))
 
 
+class UnitError(ValueError):
+  """A unit or rerun file that is damaged or holds another unit's result."""
+
+
+# What reading a damaged .npz raises (truncated, empty, bit-flipped, no meta).
+_DAMAGE = (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError,
+           ValueError)
+
+
 def load_unit(path):
-  """`(arrays, meta)` of a file `write_npz` wrote."""
-  with np.load(path, allow_pickle=False) as data:
-    arrays = {k: data[k] for k in data.files if k != "meta"}
-    return arrays, json.loads(str(data["meta"]))
+  """`(arrays, meta)` of a file `write_npz` wrote.
+
+  Raises:
+    UnitError: for a file that cannot be read whole (naming it).
+  """
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      arrays = {k: data[k] for k in data.files if k != "meta"}
+      return arrays, json.loads(str(data["meta"]))
+  except _DAMAGE as error:
+    raise UnitError(f"{path} is damaged ({type(error).__name__}: "
+                    f"{str(error)[:200]})") from error
+
+
+def read_unit(path, key, attack, block, index, y=None):
+  """`(arrays, meta)` of unit file `path`, checked against its identity.
+
+  Args:
+    path: the file.
+    key: the plan key it must have been written under.
+    attack: its attack's display name (`plan.CLEAN` for clean scores).
+    block: its block.
+    index: the image indices of the block (`range(start, stop)`).
+    y: the block's labels, or None (not checked).
+
+  Returns:
+    `(arrays, meta)`.
+
+  Raises:
+    UnitError: for a damaged file (`load_unit`) or one whose recorded key,
+      attack, block, image indices or labels are not the expected ones,
+      naming the file and each difference.
+  """
+  arrays, meta = load_unit(path)
+  index = np.asarray(index)
+  problems = []
+  if meta.get("key", key) != key:
+    problems.append(f"it was written as {meta['key']}")
+  if meta.get("attack") != attack or meta.get("block") != block:
+    problems.append(f"it holds {meta.get('attack')!r} on block "
+                    f"{meta.get('block')!r}")
+  found = arrays.get("index")
+  if found is None or not np.array_equal(found, index):
+    problems.append("its image indices are not the block's")
+  if y is not None and not np.array_equal(arrays.get("y"), np.asarray(y)):
+    problems.append("its labels are not the images' labels")
+  correct = arrays.get("correct")
+  if correct is None or correct.ndim != 2 or correct.shape[1] != len(index):
+    problems.append("it holds no per-draw scores of the block's images")
+  if problems:
+    raise UnitError(f"{path} is not unit {attack!r} on block {block} "
+                    f"({'; '.join(problems)})")
+  return arrays, meta
 
 
 # plan.json fields that must not change within one folder.
@@ -146,8 +216,7 @@ def _claim_locked(report_dir, folder, plan):
   path = os.path.join(folder, PLAN_FILE)
   record = plan.to_dict()
   if os.path.exists(path):
-    with open(path) as f:
-      old = json.load(f)
+    old = _load_plan_record(path, report_dir)
     changed = [f"{field}: {old.get(field)} -> {record.get(field)}"
                for field in PLAN_FIELDS
                if old.get(field) != record.get(field)]
@@ -178,5 +247,21 @@ def read_plan(report_dir):
   if not os.path.exists(path):
     raise ValueError(f"No evaluation in {report_dir} (no {UNITS_DIR}/"
                      f"{PLAN_FILE}). Received: report_dir={report_dir!r}")
-  with open(path) as f:
-    return plan_lib.Plan.from_dict(json.load(f))
+  return plan_lib.Plan.from_dict(_load_plan_record(path, report_dir))
+
+
+def _load_plan_record(path, report_dir):
+  """The JSON record of plan.json `path`; a damaged one is refused."""
+  try:
+    with open(path) as f:
+      record = json.load(f)
+    if not isinstance(record, dict) or "budget" not in record:
+      raise ValueError("not a plan record")
+    return record
+  except (ValueError, OSError) as error:
+    raise ValueError(
+        f"{path} is damaged ({type(error).__name__}: {str(error)[:200]}). It "
+        "records which evaluation the units belong to: restore it, or delete "
+        "it and run the same evaluation again (each unit file is then "
+        "checked against the new plan, and those that do not match are "
+        f"recomputed). Received: report_dir={report_dir!r}") from error

@@ -60,13 +60,20 @@ from attacks.target import Target
 # pylint: enable=unused-import
 
 __all__ = [
-    "AttackResult", "COMPLETE", "INCOMPLETE", "SUSPECT", "SuiteResult",
+    "AttackResult", "COMPLETE", "INCOMPLETE", "STATES", "SUSPECT",
+    "SuiteResult", "UPPER_BOUND",
     "attack_seed", "check_adversarial", "count_passes", "reseeded", "rerun",
     "run_attack", "run_suite", "score_clean", "score_images", "scoring_seed",
     "worst_case"
 ]
 
 COMPLETE, SUSPECT, INCOMPLETE = "COMPLETE", "SUSPECT", "INCOMPLETE"
+# Every planned attack ran with no sign of gradient masking, but below the
+# reference budget or without convergence shown: the worst case is an upper
+# bound on what the reference evaluation would find (`attacks.verdict`).
+UPPER_BOUND = "UPPER BOUND"
+# The verdict states, from the strongest claim to the weakest.
+STATES = (COMPLETE, UPPER_BOUND, SUSPECT, INCOMPLETE)
 
 
 @dataclasses.dataclass
@@ -337,12 +344,13 @@ class SuiteResult:
 
   @property
   def verdict(self):
-    """COMPLETE if every planned attack ran, INCOMPLETE if any raised.
+    """INCOMPLETE if an attack raised, else UPPER BOUND.
 
-    The sanity checks may still make an evaluation SUSPECT
-    (`attacks.sanity.verdict`, what reports print).
+    A suite's runs alone show no convergence (the 2x reruns are the sanity
+    checks'), so their worst case is an upper bound; the report's verdict
+    (`attacks.sanity.verdict`, with the checks) may be COMPLETE or SUSPECT.
     """
-    return INCOMPLETE if self.failed else COMPLETE
+    return INCOMPLETE if self.failed else UPPER_BOUND
 
 
 def run_suite(target, x, y, attacks, budget=Budget(), seed=0,

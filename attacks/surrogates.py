@@ -263,9 +263,10 @@ def train_surrogates(model, names, report_dir, given, train_data,
       images, labels = images[:count or None], labels[:count or None]
       print(f"Training the {field.replace('_', ' ')} ({preset} preset, "
             f"{len(labels)} images; pass --{field} to skip) ...")
+      # One line per epoch (Keras verbose=2): its time, loss and accuracy.
       trained = surrogate_from_defended(model, images, labels,
-                                                 seed=seed, drop=drop,
-                                                 **settings)
+                                        seed=seed, drop=drop, verbose=2,
+                                        **settings)
       trained.save(saved)
       source = saved
     paths[field] = source if isinstance(source, str) else (

@@ -3,18 +3,29 @@
 Each check compares figures the evaluation already has and returns a `Flag`
 whose status is "ok", "FLAG" (the evaluation may be broken or too weak) or
 "not run" (its inputs were missing; still printed). The checks follow
-DESIGN.md's evaluation rules (plus a flag for attacks that raised), Athalye
-et al. (2018), Carlini et al. (2019) and Croce et al. (2022): robust <=
-clean; finite outputs; accuracy falls as the budget grows; a large budget
-(epsilon = 0.5) drives accuracy near 0; a transfer or query-based attack
+the evaluation rules of docs/EVALUATION.md (plus a flag for attacks that
+raised), Athalye et al. (2018), Carlini et al. (2019) and Croce et al.
+(2022): robust <= clean; finite outputs; accuracy falls as the budget
+grows; a large budget (epsilon = 0.5) drives accuracy near 0; a transfer or query-based attack
 beating every white-box attack signals gradient masking; an estimator giving
 zero or NaN gradients; accuracy still falling with twice the steps,
 restarts or EOT samples (not converged); per-draw gradients so spread around
 their EOT mean that the mean is mostly noise.
 
-`verdict` turns failures and flags into COMPLETE, SUSPECT (a sign of
-gradient masking, `MASKING_SIGNS`, tripped) or INCOMPLETE. The extra attack
-runs that feed some of these checks are `attacks.sanity`'s.
+`verdict` turns failures, flags and `shortfalls` into a state that says
+what the worst-case figure is:
+
+- COMPLETE (exit status 0 of examples/attack_eval.py): every planned attack
+  ran at or above the reference budget, the convergence checks ran and
+  passed, and no sign of gradient masking tripped.
+- UPPER BOUND (4): as COMPLETE, but below the reference budget, with
+  epsilon 0, or with convergence not shown (`shortfalls` says which).
+- SUSPECT (2): a sign of gradient masking tripped (`MASKING_SIGNS`).
+- INCOMPLETE (1): an attack raised or did not run.
+
+The image count is not a shortfall: fewer images widen the intervals that
+every figure carries, they do not bias it. The extra attack runs that feed
+some of these checks are `attacks.sanity`'s.
 """
 
 import dataclasses
@@ -25,9 +36,10 @@ __all__ = [
     "Flag", "LARGE_EPSILON", "MASKING_SIGNS", "NOT_RUN", "OK", "TRIPPED",
     "cheap_checks", "check_convergence", "check_eot_gradients",
     "check_failures", "check_gradient_masking", "check_gradients",
+    "check_masked_layers",
     "check_large_epsilon", "check_monotone_epsilon", "check_nonfinite_outputs",
     "check_robust_le_clean", "format_flags", "masking_signs",
-    "nonfinite_counts", "verdict"
+    "nonfinite_counts", "shortfalls", "verdict"
 ]
 
 OK, TRIPPED, NOT_RUN = "ok", "FLAG", "not run"
@@ -38,7 +50,14 @@ LARGE_EPSILON = 0.5
 # (Athalye et al. 2018; Carlini et al. 2019, "On evaluating adversarial
 # robustness"). Any of them makes the verdict SUSPECT (`verdict`).
 MASKING_SIGNS = ("gradient-masking", "zero-or-nan-gradients", "large-epsilon",
-                 "monotone-in-epsilon", "nonfinite-outputs")
+                 "monotone-in-epsilon", "nonfinite-outputs", "masked-layers")
+# The checks that show an attack has converged (2x its steps, restarts or
+# EOT samples does not lower accuracy); COMPLETE needs one to have run and
+# none to have tripped.
+CONVERGENCE_PREFIX = "converged-in-"
+# Budget fields whose shortfall does not bias the worst case (it widens the
+# intervals instead).
+NOT_A_SHORTFALL = ("images",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,26 +169,95 @@ def masking_signs(flags):
   return [f for f in flags if f.tripped and f.name in MASKING_SIGNS]
 
 
-def verdict(failed, flags):
-  """The verdict of an evaluation: INCOMPLETE, SUSPECT or COMPLETE.
+def shortfalls(suite_result, flags):
+  """Why an evaluation's worst case is only an upper bound ([] if it is not).
+
+  Args:
+    suite_result: the `suite.SuiteResult`.
+    flags: its `Flag`s (the convergence checks among them).
+
+  Returns:
+    A list of short texts: each budget field below the reference (as
+    `used (ref. reference)`), epsilon 0, and convergence not shown (no
+    convergence check ran, or one found accuracy still falling) or an EOT
+    mean gradient dominated by noise.
+  """
+  reasons = [f"{w['field']} {w['used']} (ref. {w['reference']})"
+             for w in suite_result.weaker_than_reference
+             if w["field"] not in NOT_A_SHORTFALL]
+  if suite_result.budget.epsilon == 0:
+    reasons.append("epsilon 0 (no perturbation: robust is clean accuracy)")
+  convergence = [f for f in flags if f.name.startswith(CONVERGENCE_PREFIX)]
+  tripped = [f.name for f in convergence if f.tripped]
+  if tripped:
+    reasons.append(f"not converged ({', '.join(tripped)})")
+  elif not any(f.status == OK for f in convergence):
+    reasons.append("convergence not shown (no 2x steps, restarts or EOT "
+                   "rerun ran)")
+  if any(f.name == "eot-gradient-noise" and f.tripped for f in flags):
+    reasons.append("EOT mean gradient dominated by noise (more EOT samples "
+                   "needed)")
+  return reasons
+
+
+def verdict(failed, flags, short=()):
+  """The verdict of an evaluation: the module docstring's table.
 
   INCOMPLETE when an attack raised (its worst case is an upper bound);
   SUSPECT when every attack ran but a sign of gradient masking tripped
   (`MASKING_SIGNS`: a black-box or transfer attack beats every white-box one,
   zero or non-finite gradients, accuracy far from 0 at a large epsilon,
-  accuracy rising with epsilon, non-finite outputs), so its figures may say
-  more about the attacks than about the model; COMPLETE otherwise.
+  accuracy rising with epsilon, non-finite outputs, a masked layer no BPDA
+  wraps), so its figures may say more about the attacks than about the
+  model; UPPER BOUND when the figure is sound but short of the reference
+  (`shortfalls`); COMPLETE otherwise.
 
   Args:
     failed: dict attack name -> error of attacks that raised.
     flags: the evaluation's `Flag`s.
+    short: `shortfalls` of the evaluation (empty: none).
 
   Returns:
-    One of `suite.COMPLETE`, `suite.SUSPECT`, `suite.INCOMPLETE`.
+    One of `suite.STATES`.
   """
   if failed:
     return suite.INCOMPLETE
-  return suite.SUSPECT if masking_signs(flags) else suite.COMPLETE
+  if masking_signs(flags):
+    return suite.SUSPECT
+  return suite.UPPER_BOUND if short else suite.COMPLETE
+
+
+def check_masked_layers(model_checks):
+  """Flags masked input gradients that no BPDA wrapper bridges.
+
+  A layer (or a raw op of a functional graph, or the whole model) whose
+  input gradient is None, zero, not finite or shattered (`attacks.detect`)
+  leaves the white-box attacks blind unless it is wrapped with BPDA; one
+  left unwrapped is a sign of gradient masking.
+
+  Args:
+    model_checks: `ModelChecks.to_dict()` of the evaluation, or None (not
+      checked).
+
+  Returns:
+    A `Flag`.
+  """
+  name = "masked-layers"
+  if not model_checks:
+    return Flag(name, NOT_RUN, "the model was not checked")
+  wrapped = model_checks.get("bpda_layers") or {}
+  masked = model_checks.get("masked_layers") or {}
+  bare = {path: why for path, why in masked.items() if path not in wrapped}
+  whole = model_checks.get("whole_gradient", "ok")
+  if whole != "ok" and not masked:
+    bare["(whole model)"] = f"input gradient {whole}, no layer found"
+  if bare:
+    return _flag(name, True, "masked input gradients without BPDA: " +
+                 "; ".join(f"{path} ({why})" for path, why in bare.items()))
+  if masked:
+    return _flag(name, False, "every masked layer is wrapped with BPDA: " +
+                 ", ".join(masked))
+  return _flag(name, False, "no masked input gradient found")
 
 
 def check_robust_le_clean(clean_accuracy, accuracies, tolerance=0.0):

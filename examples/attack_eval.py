@@ -70,11 +70,15 @@ attacks (`--bpda_layers` names them, `--nobpda` turns it off), and the
 report states both (`attacks.model_checks.check_model`). This program is a
 shell over `attacks.evaluation`, which does the same from Python.
 
-Prints the verdict, the budget against the reference, the table (like the
-paper's Table 3) with 95% intervals, the sanity flags and the worst-case robust
-accuracy. Exit status: 0 COMPLETE, 1 INCOMPLETE (an attack raised; 0 with
---keep_going), 2 SUSPECT (a sign of gradient masking tripped), 3 bad input
-(one line naming the flag; --verbose_errors prints the traceback).
+Prints the report's path, then the verdict, the budget against the
+reference, the table (like the paper's Table 3) with 95% intervals, the
+sanity flags, and last one line with the verdict state and the worst-case
+robust accuracy. Exit status, one per state (`attacks.verdict`): 0 COMPLETE
+(reference budget, convergence shown, no masking sign), 4 UPPER BOUND (every
+attack ran, but below the reference or without convergence shown), 2
+SUSPECT (a sign of gradient masking tripped), 1 INCOMPLETE (an attack
+raised; 0 with --keep_going), 3 bad input (one line naming the flag;
+--verbose_errors also prints the traceback).
 """
 
 import os
@@ -278,8 +282,18 @@ def load_images(config, split, count):
   """
   if config.data_npz and split == config.split:
     with np.load(config.data_npz) as arrays:
-      x, y = arrays["x"][:count], arrays["y"][:count]
-    return x, y, None
+      if not {"x", "y"} <= set(arrays.files):
+        raise ValueError(
+            f"--data_npz={config.data_npz!r} must hold arrays named 'x' "
+            "(images) and 'y' (labels). Received: arrays "
+            f"{sorted(arrays.files)}")
+      x, y = arrays["x"], arrays["y"]
+    if count is not None and count > len(x):
+      raise ValueError(
+          f"--num_examples={count} asks for more images than "
+          f"--data_npz={config.data_npz!r} holds ({len(x)}). Received: "
+          f"num_examples={count}")
+    return x[:count], y[:count], None
   preflight.check_num_examples(count, config.dataset, split, config.data_dir)
   x, y = data.load_arrays(config.dataset, f"{split}[:{count}]",
                           data_dir=config.data_dir)
@@ -370,21 +384,39 @@ def dry_run(config, prepared, strategy):
         f"{estimate.probe_s:.1f} s)")
 
 
+def user_import_path():
+  """`sys.path` for `--import`: as `python -m` sets it, not as a script's.
+
+  Run as `python examples/attack_eval.py`, Python puts `examples/` first on
+  `sys.path`, where its programs (`defenses`, `benchmark`, ...) would shadow
+  a user's modules of the same names. This drops that folder and puts the
+  working directory first, as `python -m` does, so that `--import=defenses`
+  imports the user's `defenses` (from the working directory, PYTHONPATH or
+  an installed package); `examples.defenses` still names this repository's.
+  This program imports nothing from its own folder by a bare name.
+  """
+  here = os.path.dirname(os.path.abspath(__file__))
+  sys.path[:] = [os.getcwd()] + [
+      p for p in sys.path
+      if os.path.abspath(p or os.curdir) not in (here, os.getcwd())]
+
+
 def evaluate(config):
   """The program: checks, units, report; returns the exit status."""
   start = time.perf_counter()
   if config.cpu_devices:
     split_cpu(config.cpu_devices)
   strategy = training.make_strategy(config.strategy)  # First: cluster setup.
-  sys.path.insert(0, os.getcwd())  # As `python -m` would: --import=pkg.mod.
+  user_import_path()
   preflight.import_modules(getattr(config, "import"))
   budget, draws, num_examples = make_budget(
       config.budget, common.parse_epsilon(config.epsilon),
       {name: getattr(config, name) for name in OVERRIDES})
   # What needs no model or data is checked before loading them.
   preflight.check_epsilon(budget.epsilon, budget.value_range,
-                          allow_large=config.allow_large_epsilon)
-  preflight.check_report_dir(config.report_dir)
+                          allow_large=config.allow_large_epsilon,
+                          flag="--epsilon")
+  preflight.check_report_dir(config.report_dir, flag="--report_dir")
   names = suite.resolve_attacks(config.attacks)
   opts = options(config, draws)
   model = load_model(config.model)
@@ -417,7 +449,9 @@ def evaluate(config):
       return failed
   result = prepared.report({
       "data": data_name(config), "dataset": config.dataset,
-      "split": f"{config.split}[:{num_examples}]", "model": config.model,
+      "split": (f"{os.path.basename(config.data_npz)}[:{len(x)}]"
+                if config.data_npz else f"{config.split}[:{num_examples}]"),
+      "model": config.model,
       "surrogate": paths["surrogate"],
       "adversarial_surrogate": paths["adversarial_surrogate"],
       "surrogate_preset": config.surrogate_preset,
@@ -425,9 +459,9 @@ def evaluate(config):
       "budget_preset": config.budget,
       "imports": getattr(config, "import"),
   })
-  print(result)
   print(f"Report: {os.path.abspath(result.paths['md'])} "
         f"({time.perf_counter() - start:.1f} s)")
+  print(result)  # First line the verdict, last line its state and figure.
   status = exit_status(result, config.keep_going)
   if status == 1:
     print(f"Verdict {suite.INCOMPLETE}: attacks raised "
@@ -442,7 +476,7 @@ def main(argv):
     return evaluate(FLAGS)
   except (ValueError, TypeError, FileNotFoundError, ImportError) as error:
     if FLAGS.verbose_errors:
-      raise
+      traceback.print_exc()
     print(f"attack_eval.py: error: {error}", file=sys.stderr)
     traceback.clear_frames(error.__traceback__)
     return BAD_INPUT_STATUS

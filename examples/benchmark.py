@@ -1,13 +1,13 @@
 r"""Benchmark of the adversarial transform g(x) and of training with it.
 
-Measures, in one run on one machine (DESIGN.md "Performance"; issue 2 Sec. 6):
+Measures, in one run on one machine (figures: docs/PERFORMANCE.md):
 
 1. The transform's throughput in images/s for the paper's f_b (small VGG,
    Xiao & Zheng Sec. 3.2 / Appendix A.1) at the paper's Δ = 0.2, N = 13, and
    its achieved FLOP rate as a fraction of this machine's fp32 matmul FLOP rate,
    measured in the same run. FLOPs are counted analytically per layer: one
    transform is 14 forward passes of f_b (one on the clean input for y_LL, one
-   per step) and 13 input-gradient passes. A conv's (or dense layer's)
+   per step) and 13 input-gradient passes (N + 1 and N for `--steps=N`). A conv's (or dense layer's)
    input-gradient pass is counted as equal to its forward FLOPs (it is the
    transposed convolution with the same multiply-adds); weight gradients are
    not needed (f_b is frozen) and not counted; batch norm, ReLU, pooling, the
@@ -78,6 +78,7 @@ from adv_layer import training
 from adv_layer import transform
 from adv_layer import zoo
 from attacks import estimators
+from attacks import preflight
 from attacks import suite
 
 FLAGS = flags.FLAGS
@@ -99,17 +100,19 @@ def define_flags():
                        "Batch of the bfloat16 timing and agreement, a prefix of "
                        "the fp32 batch (bf16 is slow on CPUs without bf16 "
                        "units); 0 skips the bfloat16 mode.")
-  flags.DEFINE_string("fb", None, "A trained f_b (.keras file); default: the "
-                      "paper's small VGG with random weights (same speed).")
+  flags.DEFINE_string("fb", None, "A trained f_b (.keras path or zoo:NAME); "
+                      "default: the paper's small VGG with random weights "
+                      "(same speed).")
   flags.DEFINE_integer("attack_images", 128,
                        "Images of the EOT attack's rate, a prefix of the batch "
                        "(0 skips it).")
   flags.DEFINE_integer("attack_eot_samples", 2,
                        "EOT samples of the attack's rate.")
   flags.DEFINE_string("real_model", "",
-                      "A published defended model (`adv_layer.zoo` name, e.g. "
-                      "cifar10/defended_resnet18) whose real evaluation to "
-                      "time beside g alone and f_a alone; empty skips it.")
+                      "A defended model whose real evaluation to time beside "
+                      "g alone and f_a alone: zoo:NAME (e.g. "
+                      "zoo:cifar10/defended_resnet18; a bare zoo name works "
+                      "too) or a .keras path; empty skips it.")
   flags.DEFINE_string("real_attack", "apgd_ce_bpda_identity",
                       "The suite attack of the real evaluation.")
   flags.DEFINE_integer("real_images", 64, "Images of the real evaluation "
@@ -725,7 +728,8 @@ def results_rows(info, settings, results):
       ("fp32 matmul rate", f"{results['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s"),
       ("transform FLOPs/image",
        f"{results['transform_flops_per_image'] / 1e9:.3f} GFLOP "
-       "(14 fwd + 13 input-grad passes, input-grad = fwd)"),
+       f"({results['steps'] + 1} fwd + {results['steps']} input-grad passes, "
+       "input-grad = fwd)"),
       ("transform fp32", f"{results['transform_images_per_s']:.1f} images/s "
        f"({results['transform_seconds_per_batch']:.2f} s/batch)"),
       ("transform FLOP rate", f"{results['transform_flops_per_s'] / 1e9:.1f} GFLOP/s "
@@ -775,6 +779,18 @@ def results_rows(info, settings, results):
   return rows
 
 
+def load_real_model(spec):
+  """`--real_model`: zoo:NAME or a .keras path (`preflight.load_model`).
+
+  A bare published name (`cifar10/defended_resnet18`, this flag's older
+  form) is read as zoo:NAME.
+  """
+  if (not spec.startswith("zoo:") and not os.path.exists(spec) and
+      spec in zoo.available()):
+    spec = "zoo:" + spec
+  return preflight.load_model(spec, "real_model")
+
+
 def main(argv):
   del argv
   keras.utils.set_random_seed(FLAGS.seed)
@@ -782,7 +798,7 @@ def main(argv):
   images, labels = load_images(FLAGS.data, count, FLAGS.seed) if count else (
       None, None)
   if FLAGS.fb:
-    f_b = keras.models.load_model(FLAGS.fb)
+    f_b = preflight.load_model(FLAGS.fb, "fb")
   else:
     f_b = models.small_vgg(seed=FLAGS.seed)
   results = {}
@@ -795,7 +811,7 @@ def main(argv):
   if FLAGS.real_model:
     real_x, real_y = load_test_images(FLAGS.data, FLAGS.real_images, FLAGS.seed)
     results["real"] = real_evaluation(
-        zoo.load(FLAGS.real_model), real_x, real_y, FLAGS.real_attack,
+        load_real_model(FLAGS.real_model), real_x, real_y, FLAGS.real_attack,
         FLAGS.real_steps, FLAGS.real_eot_samples, FLAGS.real_draws,
         FLAGS.repeats, FLAGS.real_repeats, FLAGS.seed)
   if FLAGS.attack_images and FLAGS.batch_size:

@@ -28,7 +28,9 @@ import os
 # AVX-512), where TensorFlow leaves them off by default; set before TF loads.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
+import importlib.util
 import json
+import sys
 import time
 
 from absl import app
@@ -40,13 +42,16 @@ import tensorflow as tf
 
 from adv_layer import data
 from attacks import apgd
+from attacks import preflight
 
 FLAGS = flags.FLAGS
+# The peer's packages (PyTorch and AutoAttack's), installed by hand.
+PEER_PACKAGES = ("torch", "pyautoattack")
 
 
 def define_flags():
-  flags.DEFINE_string("model", None, "A .keras classifier (logits out); None "
-                      "trains the small CNN.")
+  flags.DEFINE_string("model", None, "A classifier (logits out): a .keras path "
+                      "or zoo:NAME (adv_layer.zoo); None trains the small CNN.")
   flags.DEFINE_string("split", "test[:100]", "CIFAR-10 images attacked.")
   flags.DEFINE_list("epsilons", ["1", "2"], "L∞ budgets, in units of 1/255.")
   flags.DEFINE_list("steps", ["20", "100"], "Iterations N.")
@@ -165,10 +170,23 @@ def compare(model, x, y, attacks, epsilons, steps_list, losses, seeds):
   return rows
 
 
+def missing_peer():
+  """The install command of the peer's missing packages, or None."""
+  missing = [name for name in PEER_PACKAGES
+             if importlib.util.find_spec(name) is None]
+  return f"pip install {' '.join(missing)}" if missing else None
+
+
 def main(argv):
   del argv
+  install = missing_peer()
+  if install:
+    print(f"compare_apgd.py: error: the reference APGD needs "
+          f"{' and '.join(PEER_PACKAGES)}, not dependencies of this project: "
+          f"run `{install}` first.", file=sys.stderr)
+    return 1
   x, y = data.load_arrays("cifar10", FLAGS.split, data_dir=FLAGS.data_dir)
-  model = (keras.models.load_model(FLAGS.model) if FLAGS.model else
+  model = (preflight.load_model(FLAGS.model) if FLAGS.model else
            train_model(FLAGS.data_dir))
   clean = float(np.mean(np.argmax(model(x, training=False), -1) == y))
   epsilons = [float(e) / 255 for e in FLAGS.epsilons]

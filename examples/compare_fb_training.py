@@ -1,4 +1,4 @@
-r"""Clean and PGD accuracy of f_b checkpoints side by side (issue 11).
+r"""Clean and PGD accuracy of f_b checkpoints side by side.
 
 Compares ways of adversarially training f_b (e.g. Madry PGD-7 against FGSM
 with a random start, "fast adversarial training") at equal epochs: each

@@ -1,4 +1,4 @@
-r"""Is our suite at least as strong as a peer toolbox's attacks? (issue: attack suite)
+r"""Is our suite at least as strong as a peer toolbox's attacks?
 
 Runs cleverhans' own tf2 attacks (`projected_gradient_descent`,
 `momentum_iterative_method`) on the same images and the same budget as a
@@ -34,13 +34,15 @@ import tensorflow as tf
 import adv_layer  # Registers AdversarialTransform for load_model.
 from adv_layer import data
 from attacks import model_fns
+from attacks import preflight
 from attacks import scoring
 
 FLAGS = flags.FLAGS
 
 
 def define_flags():
-  flags.DEFINE_string("model", None, "The .keras model that was attacked.")
+  flags.DEFINE_string("model", None, "The model that was attacked: a .keras "
+                      "path or zoo:NAME for a published model (adv_layer.zoo).")
   flags.DEFINE_string("report", None, "report.json of attack_eval.py on it.")
   flags.DEFINE_string("out", None, "Where to write the comparison JSON.")
   flags.DEFINE_string("data_dir", None, "tfds data directory.")
@@ -128,7 +130,7 @@ def main(argv):
     report = json.load(f)
   meta = report["meta"]
   x, y = data.load_arrays(meta["dataset"], meta["split"], data_dir=FLAGS.data_dir)
-  model = keras.models.load_model(FLAGS.model)
+  model = preflight.load_model(FLAGS.model)  # A .keras path or zoo:NAME.
   result = compare(model, report, x, y)
   print(f"suite worst case (strict): {result['suite_worst_case_strict']:.1%}")
   for name, row in result["peer_attacks"].items():

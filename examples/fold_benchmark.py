@@ -28,6 +28,7 @@ import os
 # As in examples/benchmark.py: oneDNN on before TensorFlow loads.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
+import sys
 import time
 
 from absl import app
@@ -39,7 +40,15 @@ import tensorflow as tf
 from adv_layer import folding
 from adv_layer import models
 from adv_layer import transform
-from examples import benchmark
+from attacks import preflight
+try:
+  from examples import benchmark
+except ModuleNotFoundError as error:  # Run by path: `examples` not importable.
+  if error.name != "examples":
+    raise
+  sys.exit(f"fold_benchmark.py: error: {error}: it imports the `examples` package; "
+           "run it from the repository root as a module: "
+           "python -m examples.fold_benchmark ...")
 
 FLAGS = flags.FLAGS
 
@@ -51,9 +60,9 @@ def define_flags():
   flags.DEFINE_float("epsilon", 0.2, "Transform radius Δ.")
   flags.DEFINE_integer("steps", 13, "Transform steps N.")
   flags.DEFINE_bool("channels_first", True, "Also time NCHW copies of f_b.")
-  flags.DEFINE_string("fb", None, "A trained f_b (.keras file); default: the "
-                      "paper's small VGG with seeded random batch norm "
-                      "statistics.")
+  flags.DEFINE_string("fb", None, "A trained f_b (.keras path or zoo:NAME); "
+                      "default: the paper's small VGG with seeded random "
+                      "batch norm statistics.")
   flags.DEFINE_integer("matmul_size", 2048, "Side of the square fp32 matmul.")
   flags.DEFINE_integer("seed", 0, "Seed of f_b, the images and δ.")
 
@@ -227,7 +236,7 @@ def main(argv):
   del argv
   keras.utils.set_random_seed(FLAGS.seed)
   if FLAGS.fb:
-    f_b = keras.models.load_model(FLAGS.fb)
+    f_b = preflight.load_model(FLAGS.fb, "fb")  # A .keras path or zoo:NAME.
   else:
     f_b = models.small_vgg(seed=FLAGS.seed)
     randomize_batch_norm(f_b, FLAGS.seed)

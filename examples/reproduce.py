@@ -38,6 +38,7 @@ or figure (`table1.py` ... `fig7.py`) and the pieces they share (see its
 """
 
 import os
+import sys
 
 # oneDNN kernels roughly double conv speed on this project's CPUs (AVX2, no
 # AVX-512), where TensorFlow leaves them off by default; set before TF loads.
@@ -46,9 +47,16 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 from absl import app
 from absl import flags
 
-from examples.reproduction import presets
-from examples.reproduction import runner
-from examples.reproduction import summary
+try:
+  from examples.reproduction import presets
+  from examples.reproduction import runner
+  from examples.reproduction import summary
+except ModuleNotFoundError as error:  # Run by path: `examples` not importable.
+  if error.name != "examples":
+    raise
+  sys.exit(f"reproduce.py: error: {error}: it imports the `examples` package; "
+           "run it from the repository root as a module: "
+           "python -m examples.reproduce ...")
 
 FLAGS = flags.FLAGS
 

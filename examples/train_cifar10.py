@@ -44,6 +44,7 @@ from adv_layer import gcache
 from adv_layer import models
 from adv_layer import training
 from adv_layer import transform
+from attacks import preflight
 
 FLAGS = flags.FLAGS
 # What `--defense` trains, and the default output file name of each.
@@ -53,8 +54,9 @@ flags.DEFINE_enum("defense", "transform", list(DEFENSES),
                   "transform: f_a(g(x)); none / madry: the baseline f_a, "
                   "trained on clean / adversarial images.")
 flags.DEFINE_string("fb", None,
-                    "Pretrained f_b .keras path (default: runs/<preset>/"
-                    "f_b.keras), or 'untrained'.")
+                    "Pretrained f_b: a .keras path (default: runs/<preset>/"
+                    "f_b.keras), zoo:NAME for a published one, or "
+                    "'untrained'.")
 flags.DEFINE_integer("epochs", None, "Training epochs.")
 flags.DEFINE_integer("batch_size", None, "Global batch size.")
 flags.DEFINE_integer("train_examples", None,
@@ -131,10 +133,13 @@ def load_fb(path, preset, image_shape, num_classes):
     return models.build_model(preset["fb_model"], num_classes=num_classes,
                               input_shape=image_shape, width=preset["fb_width"],
                               seed=FLAGS.seed + 1)
+  if path.startswith("zoo:"):  # A published f_b, e.g. zoo:cifar10/small_vgg_fgsm_rs.
+    return preflight.load_model(path, "fb")
   if not os.path.exists(path):
     raise FileNotFoundError(
         f"No pretrained f_b at {path!r}: run examples/pretrain_fb.py first, or "
-        f"pass --fb=PATH (or --fb=untrained). Received: fb={path!r}")
+        f"pass --fb=PATH, --fb=zoo:NAME (or --fb=untrained). Received: "
+        f"fb={path!r}")
   return keras.saving.load_model(path)
 
 

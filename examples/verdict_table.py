@@ -21,13 +21,21 @@ Example (after one `attack_eval.py` run per published model):
 
 import json
 import os
+import sys
 
 from absl import app
 from absl import flags
 
 from attacks import report
 from attacks import suite
-from examples.reproduction import reference
+try:
+  from examples.reproduction import reference
+except ModuleNotFoundError as error:  # Run by path: `examples` not importable.
+  if error.name != "examples":
+    raise
+  sys.exit(f"verdict_table.py: error: {error}: it imports the `examples` package; "
+           "run it from the repository root as a module: "
+           "python -m examples.verdict_table ...")
 
 FLAGS = flags.FLAGS
 # The paper's row for a defended row's white-box-only worst case.

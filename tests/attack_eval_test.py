@@ -1,6 +1,6 @@
 """Tests of examples/attack_eval.py: budgets, exit status, and bad input.
 
-The edge cases (issue 21) run the program's `main` on many command lines in
+The edge cases run the program's `main` on many command lines in
 one process (`attack_eval_cases_main.py`): each bad input must stop before
 the first unit with one line naming the flag and the value (exit status 3),
 and a model whose outputs are not finite must never score a correct
@@ -137,8 +137,17 @@ class BadInputTest(tf.test.TestCase):
     x, _ = attack_properties.tiny_batch(seed=4, batch=8)
     # Half the images above the threshold: their logits become NaN.
     threshold = float(np.median(x.mean(axis=(1, 2, 3))))
-    np.savez(os.path.join(folder, "data.npz"), x=x,
-             y=np.array([0, 1, 2, 3] * 2, np.int32))
+    labels = np.array([0, 1, 2, 3] * 2, np.int32)
+    np.savez(os.path.join(folder, "data.npz"), x=x, y=labels)
+    unlabelled = labels.copy()
+    unlabelled[::4] = -1  # The usual "unlabelled" value.
+    np.savez(os.path.join(folder, "negative.npz"), x=x, y=unlabelled)
+    np.savez(os.path.join(folder, "fractional.npz"), x=x,
+             y=labels.astype(np.float32) - 1e-4)
+    np.savez(os.path.join(folder, "keys.npz"), images=x, labels=labels)
+    nan_pixels = x.copy()
+    nan_pixels[1, 0, 0, 0] = np.nan
+    np.savez(os.path.join(folder, "nan_pixels.npz"), x=nan_pixels, y=labels)
     classifier = lambda classes=4, shape=(4, 4, 1), **kwargs: keras.Sequential(
         [keras.Input(shape), keras.layers.Flatten(),
          keras.layers.Dense(classes, **kwargs)])
@@ -200,6 +209,27 @@ class BadInputTest(tf.test.TestCase):
                         *small],
         "verbose": [f"--model={paths['plain']}", npz, "--epsilon=8",
                     "--verbose_errors", f"--report_dir={folder}/r11", *small],
+        "negative_labels": [f"--model={paths['plain']}",
+                            f"--data_npz={folder}/negative.npz",
+                            "--attacks=square", f"--report_dir={folder}/r12",
+                            *small],
+        "fractional_labels": [f"--model={paths['plain']}",
+                              f"--data_npz={folder}/fractional.npz",
+                              f"--report_dir={folder}/r13", *small],
+        "npz_keys": [f"--model={paths['plain']}",
+                     f"--data_npz={folder}/keys.npz",
+                     f"--report_dir={folder}/r14", *small],
+        "nan_pixels": [f"--model={paths['plain']}",
+                       f"--data_npz={folder}/nan_pixels.npz",
+                       f"--report_dir={folder}/r15", *small],
+        "no_attacks": [f"--model={paths['plain']}", npz, "--attacks=",
+                       f"--report_dir={folder}/r16", *small],
+        "npz_too_short": [f"--model={paths['plain']}", npz,
+                          f"--report_dir={folder}/r17", *small,
+                          "--num_examples=100"],
+        "epsilon_zero": [f"--model={paths['plain']}", npz, "--epsilon=0",
+                         "--attacks=apgd_ce", f"--report_dir={folder}/r18",
+                         *small],
     }
     cls.results = dict(zip(cls.cases, run_cases(list(cls.cases.values()))))
 
@@ -278,16 +308,58 @@ class BadInputTest(tf.test.TestCase):
     self.assert_refused("attack_name", "apgd_nope", "apgd_ce")
 
   def test_the_names_a_report_prints_are_accepted(self):
-    status, _, err = self.results["family_name"]
-    self.assertEqual(status, 0, err)
+    status, out, err = self.results["family_name"]
+    # A smoke budget is an upper bound: its own state and exit status, in
+    # the first and the last line of the verdict printout.
+    self.assertEqual(status, 4, err)
+    lines = out.strip().splitlines()
+    verdict_line = next(i for i, line in enumerate(lines)
+                        if line.startswith("Verdict: "))
+    self.assertEqual(lines[verdict_line], f"Verdict: {suite.UPPER_BOUND}")
+    self.assertTrue(lines[-1].startswith(f"{suite.UPPER_BOUND}: worst-case "
+                                         "robust accuracy"), lines[-1])
+    self.assertNotIn("Verdict: COMPLETE", out)
     with open(os.path.join(self.folder, "r10", "report.json")) as f:
       self.assertEqual([r["name"] for r in json.load(f)["attacks"]],
                        ["apgd_ce"])
 
   def test_verbose_errors_keep_the_traceback(self):
     status, _, err = self.results["verbose"]
-    self.assertEqual(status, -1)
+    self.assertEqual(status, attack_eval.BAD_INPUT_STATUS)
     self.assertIn("Traceback", err)
+    self.assertIn("8/255", err.strip().splitlines()[-1])
+
+  def test_negative_labels_are_refused(self):
+    self.assert_refused("negative_labels", "y", ">= 0", "2 are negative",
+                        "min(y)=-1")
+
+  def test_fractional_labels_are_refused(self):
+    self.assert_refused("fractional_labels", "integer labels",
+                        "not whole numbers")
+
+  def test_an_npz_without_x_and_y_names_its_arrays(self):
+    self.assert_refused("npz_keys", "--data_npz", "'x'", "'y'",
+                        "['images', 'labels']")
+
+  def test_non_finite_pixels_are_refused(self):
+    self.assert_refused("nan_pixels", "finite", "1 are NaN")
+
+  def test_an_empty_attack_list_is_refused(self):
+    self.assert_refused("no_attacks", "attacks", "at least one attack",
+                        "Received: attacks=[]")
+
+  def test_num_examples_beyond_the_npz_is_refused(self):
+    self.assert_refused("npz_too_short", "--num_examples=100", "(8)")
+
+  def test_epsilon_zero_is_not_complete(self):
+    status, _, err = self.results["epsilon_zero"]
+    self.assertEqual(status, 4, err)
+    with open(os.path.join(self.folder, "r18", "report.json")) as f:
+      report = json.load(f)
+    self.assertEqual(report["verdict"], suite.UPPER_BOUND)
+    self.assertTrue(any(reason.startswith("epsilon 0")
+                        for reason in report["upper_bound"]))
+    self.assertEqual(report["meta"]["split"], "data.npz[:8]")
 
 
 class SharedFolderTest(tf.test.TestCase):
@@ -311,11 +383,36 @@ class SharedFolderTest(tf.test.TestCase):
     logs = [p.communicate()[0].decode() for p in processes]
     ran = []
     for process, log in zip(processes, logs):
-      self.assertIn(process.returncode, (0, 2), log)  # A report either way.
+      self.assertIn(process.returncode, (0, 2, 4), log)  # A report each way.
       line = next(l for l in log.splitlines() if l.startswith("Units: ran"))
       ran.append(int(line.split()[2].rstrip(",")))
     # 4 blocks x (clean + 3 attacks): each computed once between the two.
     self.assertEqual(sum(ran), 16, logs)
+    shutil.rmtree(folder)
+
+
+class UserModulesWinTest(tf.test.TestCase):
+  """`--import=defenses` imports the user's `defenses`, not examples/'s."""
+
+  def test_run_as_a_script_the_users_module_is_imported(self):
+    folder = tempfile.mkdtemp()
+    with open(os.path.join(folder, "defenses.py"), "w", encoding="utf-8") as f:
+      f.write("print('USER DEFENSES ' + __file__)\n")
+    # As a user runs it: the module on PYTHONPATH, not in the working
+    # directory; the missing model stops the run right after the import.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([folder, ROOT]),
+               TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    process = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "examples", "attack_eval.py"),
+         "--import=defenses", f"--model={folder}/missing.keras",
+         f"--report_dir={folder}/report"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        check=False)
+    output = process.stdout + process.stderr
+    self.assertIn("USER DEFENSES " + os.path.join(folder, "defenses.py"),
+                  output)
+    self.assertEqual(process.returncode, 3, output)  # The missing model.
+    self.assertIn("missing.keras", output)
     shutil.rmtree(folder)
 
 

@@ -230,6 +230,23 @@ def tiny_images_rgb(batch=2, seed=0):
       0, 1, (batch, 32, 32, 3)).astype(np.float32)
 
 
+class RealModelFlagTest(tf.test.TestCase):
+
+  def test_zoo_name_bare_name_and_path_load_the_same_model(self):
+    name = "cifar10/small_vgg_fgsm_rs"
+    with mock.patch.object(benchmark.preflight, "load_model",
+                           side_effect=lambda spec, flag: (spec, flag)):
+      self.assertEqual(benchmark.load_real_model("zoo:" + name),
+                       ("zoo:" + name, "real_model"))
+      # The flag's older form, a bare published name, still works.
+      self.assertEqual(benchmark.load_real_model(name),
+                       ("zoo:" + name, "real_model"))
+      self.assertEqual(benchmark.load_real_model("runs/m.keras"),
+                       ("runs/m.keras", "real_model"))
+    with self.assertRaisesRegex(FileNotFoundError, "real_model"):
+      benchmark.load_real_model("no/such/model.keras")
+
+
 class ReportTest(tf.test.TestCase):
 
   def test_random_images_repeat_under_a_seed(self):
@@ -258,6 +275,10 @@ class ReportTest(tf.test.TestCase):
         benchmark.results_rows(info, {"data": "random"}, results))
     self.assertIn(tf.__version__, table)
     self.assertIn("= 34.0% of matmul (target >= 80%)", table)
+    self.assertIn("(14 fwd + 13 input-grad passes", table)
+    results["steps"] = 5  # --steps=5: the counts follow.
+    self.assertIn("(6 fwd + 5 input-grad passes", benchmark.format_table(
+        benchmark.results_rows(info, {"data": "random"}, results)))
     self.assertIn("eager / compiled = 0.95, target >= 0.9", table)
     self.assertIn("22.0 images/s = 37.4% of matmul (1.10x unfolded", table)
     self.assertIn("25.0 images/s (the layer opts out of XLA", table)

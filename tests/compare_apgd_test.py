@@ -1,5 +1,7 @@
 """Tests of examples/compare_apgd.py without the peer: scoring and the table."""
 
+from unittest import mock
+
 import numpy as np
 import tensorflow as tf
 
@@ -8,6 +10,12 @@ from tests import attack_properties
 
 
 class CompareApgdTest(tf.test.TestCase):
+
+  def test_without_the_peer_one_line_names_the_install(self):
+    with mock.patch.object(compare_apgd.importlib.util, "find_spec",
+                           return_value=None):
+      self.assertEqual(compare_apgd.missing_peer(),
+                       "pip install torch pyautoattack")
 
   def test_robust_needs_clean_and_adversarial_correct(self):
     model = attack_properties.tiny_model()

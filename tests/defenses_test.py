@@ -1,4 +1,4 @@
-"""Tests of examples/defenses.py: the three literature defenses and the program."""
+"""Tests of examples/defenses.py: the preprocessing defenses, old files and the program."""
 
 import os
 import subprocess
@@ -13,6 +13,10 @@ from adv_layer import zoo
 from examples import defenses
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Files saved before the layers moved to attacks.defenses (registered as
+# "examples.defenses"): tiny_classifier() behind each defense, seed 4.
+LEGACY = os.path.join(ROOT, "tests", "legacy")
+LEGACY_NAMES = ("random_resize_pad", "bit_depth_jpeg", "gaussian_noise")
 
 
 def images(batch=4, size=8, seed=0):
@@ -230,6 +234,46 @@ class SerializationTest(tf.test.TestCase):
     self.assertNotIn("seed", jpeg.layers[0].get_config())
     with self.assertRaisesRegex(ValueError, "Received: name='blur'"):
       defenses.build("blur", classifier)
+
+
+class LegacyFilesTest(tf.test.TestCase):
+
+  def test_files_saved_under_the_old_package_name_load(self):
+    x = images()
+    for name in LEGACY_NAMES:
+      path = os.path.join(LEGACY, f"{name}.keras")
+      loaded = keras.saving.load_model(path)
+      self.assertIsInstance(loaded.layers[0], defenses.DEFENSES[name])
+      rebuilt = defenses.build(name, tiny_classifier(), seed=4)
+      self.assertAllClose(loaded.predict(x, verbose=0),
+                          rebuilt.predict(x, verbose=0), atol=1e-6, rtol=0)
+
+  def test_old_files_load_with_only_the_package_imported(self):
+    # A fresh process that imports attacks.defenses, not examples.defenses.
+    code = (
+        "import sys, keras, attacks.defenses\n"
+        "for path in sys.argv[1:]:\n"
+        "  layer = keras.saving.load_model(path).layers[0]\n"
+        "  print(type(layer).__module__, type(layer).__name__)\n")
+    paths = [os.path.join(LEGACY, f"{n}.keras") for n in LEGACY_NAMES]
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2",
+               CUDA_VISIBLE_DEVICES="")
+    run = subprocess.run([sys.executable, "-c", code, *paths], cwd=ROOT,
+                         env=env, capture_output=True, text=True,
+                         check=False)
+    self.assertEqual(run.returncode, 0, msg=run.stderr[-3000:])
+    self.assertEqual(run.stdout.split("\n")[:3], [
+        "attacks.defenses.layers RandomResizePad",
+        "attacks.defenses.layers BitDepthJpeg",
+        "attacks.defenses.layers GaussianNoise"])
+
+  def test_new_files_record_the_new_name_and_old_names_stay_registered(self):
+    for cls in (defenses.RandomResizePad, defenses.BitDepthJpeg,
+                defenses.GaussianNoise):
+      self.assertEqual(keras.saving.get_registered_name(cls),
+                       f"attacks.defenses>{cls.__name__}")
+      self.assertIs(keras.saving.get_registered_object(
+          f"examples.defenses>{cls.__name__}"), cls)
 
 
 class CleanAccuracyTest(tf.test.TestCase):

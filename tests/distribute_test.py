@@ -1,4 +1,4 @@
-"""AdversarialTransform under tf.distribute (issue 2, Sec. 1 and 5).
+"""AdversarialTransform under tf.distribute.
 
 Each scenario runs `tests/multi_worker_main.py` in fresh processes: a device
 layout (two logical CPUs) must be set before TensorFlow initialises its

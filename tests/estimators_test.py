@@ -213,7 +213,7 @@ class ExactPathEstimatorTest(tf.test.TestCase):
                             msg=(estimator, temperature))
 
   def test_straight_through_is_not_the_identity(self):
-    # BPDA-I's gradient is u itself (cosine 1); the issue measured 0.99
+    # BPDA-I's gradient is u itself (cosine 1); 0.99 was measured
     # between BPDA and BPDA-I. Here the closed form gives
     # cos(u, u − εHu) = 0.737 for u = (1, 0), so 0.8 separates them.
     u = np.array([[1.0, 0.0]], np.float32)

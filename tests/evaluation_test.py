@@ -9,6 +9,7 @@ off, or with a zero-gradient layer, is never reported COMPLETE.
 """
 
 import os
+import re
 import tempfile
 
 import keras
@@ -58,6 +59,32 @@ class Noise(keras.layers.Layer):
     return super().get_config() | {"seed": self.seed}
 
 
+@tf.custom_gradient
+def _shattered_round(inputs):
+  """Rounds to the grid; its gradient oscillates with the input, as a
+  sawtooth's would (Athalye et al. 2018's shattered gradients): non-zero,
+  finite, and no guide to the rounding's slope."""
+  def backward(upstream):
+    return upstream * tf.sin(inputs * 997.0) * 50.0
+  return tf.round(inputs / STEP) * STEP, backward
+
+
+@keras.saving.register_keras_serializable(package="evaluation_test")
+class ShatteredRounding(keras.layers.Layer):
+  """Rounds to the grid with a shattered input gradient."""
+
+  def call(self, inputs):
+    return _shattered_round(inputs)
+
+
+@keras.saving.register_keras_serializable(package="evaluation_test")
+class Smooth(keras.layers.Layer):
+  """A smooth layer (a soft staircase): must never be flagged."""
+
+  def call(self, inputs):
+    return inputs + 0.01 * tf.sin(inputs * 6.0)
+
+
 class RoundingClassifier(keras.Model):
   """A subclassed model (no layer graph) that rounds before a dense layer."""
 
@@ -68,6 +95,17 @@ class RoundingClassifier(keras.Model):
 
   def call(self, inputs):
     return self.dense(self.flatten(tf.round(inputs / STEP) * STEP))
+
+
+class Wrapper(keras.Model):
+  """A subclassed model around another model (no get_config of its own)."""
+
+  def __init__(self, inner, **kwargs):
+    super().__init__(**kwargs)
+    self.inner = inner
+
+  def call(self, inputs):
+    return self.inner(inputs)
 
 
 def defended(front):
@@ -182,6 +220,44 @@ class NonDifferentiableModelTest(tf.test.TestCase):
       self.assertIn("Verdict: SUSPECT (gradient masking)", f.read())
 
 
+class MaskedGradientsThatAreNotZeroTest(tf.test.TestCase):
+  """Shattered gradients and raw ops: named, BPDA where a layer exists."""
+
+  def test_a_shattered_layer_is_found_wrapped_and_broken(self):
+    model = defended(ShatteredRounding(name="shattered"))
+    x, y = own_labels(model)
+    result = run(model, x, y, ["apgd_ce_bpda_identity"])
+    self.assertEqual(result.checks.masked_layers,
+                     {"shattered": model_checks.reason_text("shattered")})
+    self.assertEqual(list(result.checks.bpda_layers), ["shattered"])
+    rows = {row["name"]: row for row in result.rows}
+    # BPDA breaks it; the shattered gradient itself does not.
+    self.assertLess(rows["apgd_ce"]["strict_accuracy"], 0.5)
+    self.assertGreater(rows[suite.NO_BPDA_SPEC]["strict_accuracy"],
+                       rows["apgd_ce"]["strict_accuracy"])
+    self.assertIn("shattered", open(result.paths["md"]).read())
+
+  def test_a_smooth_layer_is_not_flagged(self):
+    model = defended(Smooth(name="smooth"))
+    x, _ = own_labels(model)
+    checks = model_checks.check_model(model, x)
+    self.assertEqual((checks.masked_layers, checks.whole_gradient), ({}, "ok"))
+
+  def test_raw_ops_with_a_zero_gradient_are_named_and_not_complete(self):
+    inputs = keras.Input((4, 4, 1))
+    rounded = keras.ops.round(inputs / STEP) * STEP
+    classifier = attack_properties.tiny_model(seed=5, classes=3)
+    model = keras.Model(inputs, classifier(rounded))
+    x, y = own_labels(model)
+    result = run(model, x, y, ["apgd_ce_bpda_identity"])
+    self.assertEqual(result.checks.whole_gradient, "none")
+    (masked,) = result.checks.masked_layers  # "round", or "round_1", ...
+    self.assertTrue(masked.startswith("round"), masked)
+    self.assertEqual(result.checks.bpda_layers, {})
+    self.assertEqual(result.verdict, suite.SUSPECT)
+    self.assertIn("masked-layers", result.report["masking_signs"])
+
+
 class PrepareTest(tf.test.TestCase):
   """`prepare`: the checked, planned start that a program runs in pieces."""
 
@@ -262,6 +338,32 @@ class EvaluateArgumentsTest(tf.test.TestCase):
                      {model.name: "input gradient None"})
     self.assertEqual(checks.bpda_layers, {})
     self.assertIn("cannot be wrapped with BPDA", " ".join(checks.notes))
+
+  def test_bad_images_labels_and_draws_raise(self):
+    model = attack_properties.tiny_model()
+    x, y = attack_properties.tiny_batch(batch=8)
+    cases = {
+        "min(y)=-1": (x, np.where(np.arange(8) % 4 == 0, -1, y), {}),
+        "not whole numbers": (x, y - 1e-4, {}),
+        "y=None": (x, None, {}),
+        "at least one image": (x[:0], y[:0], {}),
+        "1 are NaN": (np.where(np.arange(x.size).reshape(x.shape) == 3,
+                               np.nan, x), y, {}),
+        "Received: draws=0": (x, y, {"draws": 0}),
+        "Received: attacks=[]": (x, y, {"attacks": []}),
+    }
+    for phrase, (images, labels, extra) in cases.items():
+      with self.assertRaisesRegex(ValueError, re.escape(phrase)):
+        evaluation.evaluate(model, images, labels, **dict(
+            dict(attacks="apgd_ce", budget="smoke"), **extra))
+
+  def test_a_subclassed_model_wrapping_another_is_evaluated(self):
+    inner = attack_properties.tiny_model(seed=5, classes=3)
+    model = Wrapper(inner)
+    x, y = own_labels(model)
+    result = run(model, x, y, ["apgd_ce_bpda_identity"])
+    self.assertEqual(result.verdict, suite.UPPER_BOUND)
+    self.assertEqual(len(result.rows), 1)
 
   def test_a_named_layer_that_does_not_exist_raises(self):
     model = defended(Rounding(name="rounding"))

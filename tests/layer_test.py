@@ -1,4 +1,4 @@
-"""Tests of the `AdversarialTransform` layer contract (issue 2, Sec. 1 and 5)."""
+"""Tests of the `AdversarialTransform` layer contract."""
 
 import os
 import subprocess
@@ -528,27 +528,48 @@ class LooksLikeProbabilitiesTest(tf.test.TestCase):
     self.assertAllEqual(images, adv_layer.layer.probe_images((2, 2, 1), (-1.0, 1.0)))
 
 
+class CallCounter(keras.layers.Layer):
+  """The identity, counting the batches it passes when they run.
+
+  The count is a variable, so a call inside a compiled function counts when
+  the function runs (not when it is traced) and a branch of `tf.cond` that is
+  not taken does not count.
+  """
+
+  def build(self, input_shape):
+    self.calls = self.add_weight(shape=(), initializer="zeros",
+                                 trainable=False, name="calls")
+
+  def call(self, inputs):
+    self.calls.assign_add(1.0)
+    return inputs
+
+
 class EmptyBatchTest(tf.test.TestCase):
   """A batch of 0 images gives an empty batch, without calling f_b."""
 
   def test_empty_batch_in_every_mode(self):
-    # small_vgg's batch norm fails on 0 images (Keras' shape check in eager
-    # mode, "Incompatible shapes: [64] vs. [0,32,32,3]" in a function).
-    f_b = adv_layer.models.small_vgg(width=0.125, seed=0)
+    counter = CallCounter()
+    f_b = keras.Sequential([keras.Input((32, 32, 3)), counter,
+                            adv_layer.models.small_vgg(width=0.125, seed=0)])
     empty = np.zeros((0, 32, 32, 3), np.float32)
-    with self.assertRaises((ValueError, tf.errors.InvalidArgumentError)):
-      tf.function(lambda x: f_b(x, training=False))(empty)
     layer = AdversarialTransform(f_b, steps=1, seed=0)
+    half = AdversarialTransform(f_b, steps=1, seed=0, dtype="mixed_float16")
     any_batch = tf.function(
         layer, input_signature=[tf.TensorSpec((None, 32, 32, 3), tf.float32)])
+    layer(np.zeros((1, 32, 32, 3), np.float32))  # Built (and probed) first.
+    half(np.zeros((1, 32, 32, 3), np.float32))
+    counter.calls.assign(0.0)
     for run in (layer, tf.function(layer), any_batch):
       out = run(empty)
       self.assertEqual((tuple(out.shape), out.dtype), ((0, 32, 32, 3), tf.float32))
-    # The function traced for any batch size still transforms real batches.
+    self.assertEqual(half(empty).dtype, tf.float16)
+    self.assertEqual(float(counter.calls), 0.0)  # f_b never ran.
+    # The function traced for any batch size still transforms real batches,
+    # through f_b (the counter counts it).
     x = np.full((2, 32, 32, 3), 0.5, np.float32)
     self.assertGreater(float(tf.reduce_max(tf.abs(any_batch(x) - x))), 0.0)
-    half = AdversarialTransform(f_b, steps=1, seed=0, dtype="mixed_float16")
-    self.assertEqual(half(empty).dtype, tf.float16)
+    self.assertGreater(float(counter.calls), 0.0)
 
   def test_empty_batch_in_a_model(self):
     f_b = adv_layer.models.small_vgg(width=0.125, seed=0)

@@ -13,7 +13,7 @@ import adv_layer
 from attacks import preflight
 
 # The CIFAR-10 copy of the tests (library code never names it).
-# The offline CIFAR-10 copy (DATA.md); .ci/run and make set it.
+# The offline CIFAR-10 copy (README, "Data"); .ci/run and make set it.
 TFDS_DIR = os.environ.get("TFDS_DATA_DIR")
 
 
@@ -34,12 +34,13 @@ class CheckEpsilonTest(tf.test.TestCase):
 
   def test_pixel_levels_are_refused_with_the_fraction_meant(self):
     with self.assertRaisesRegex(
-        ValueError, r"--epsilon=8 is at least the width 1 .*did you mean "
+        ValueError, r"`epsilon`=8 is at least the width 1 .*did you mean "
         r"8/255 \(= 0\.0314\)\?.*--allow_large_epsilon.*Received: "
         r"epsilon=8\.0"):
       preflight.check_epsilon(8.0, (0.0, 1.0))
     # Exactly the width is refused too; on [-1, 1] the fraction is of 2.
-    with self.assertRaisesRegex(ValueError, r"--epsilon=1 .*Received: epsilon=1"):
+    with self.assertRaisesRegex(ValueError,
+                                r"`epsilon`=1 .*Received: epsilon=1"):
       preflight.check_epsilon(1, (0.0, 1.0))
     with self.assertRaisesRegex(ValueError, r"8/255 of the range width 2 "
                                 r"\(= 0\.0627\)"):
@@ -91,7 +92,7 @@ class ProbeModelTest(tf.test.TestCase):
     # A 28x28x1 model on CIFAR-10 images.
     model = logits_model(shape=(28, 28, 1), classes=10)
     with self.assertRaisesRegex(
-        ValueError, r"--model takes images of shape \(None, 28, 28, 1\), but "
+        ValueError, r"`model` takes images of shape \(None, 28, 28, 1\), but "
         r"the data's images have shape \(None, 32, 32, 3\).*Received: model "
         r"input shape=\(None, 28, 28, 1\), images shape=\(None, 32, 32, 3\)"):
       preflight.probe_model(model, images(2, (32, 32, 3)), num_classes=10)
@@ -109,7 +110,7 @@ class ProbeModelTest(tf.test.TestCase):
         return self.dense(keras.ops.reshape(x, (-1, 28 * 28)))
 
     with self.assertRaisesRegex(
-        ValueError, r"--model failed on 2 of the data's images, of shape "
+        ValueError, r"`model` failed on 2 of the data's images, of shape "
         r"\(None, 32, 32, 3\).*Received: model input shape=None, images "
         r"shape=\(None, 32, 32, 3\)"):
       preflight.probe_model(Subclassed(), images(2, (32, 32, 3)), 10)
@@ -117,7 +118,7 @@ class ProbeModelTest(tf.test.TestCase):
   def test_output_width_must_match_the_classes(self):
     # A 100-class model on CIFAR-10.
     with self.assertRaisesRegex(
-        ValueError, r"--model returns 100 logits per image, but the data has "
+        ValueError, r"`model` returns 100 logits per image, but the data has "
         r"10 classes.*Received: output width=100, num_classes=10"):
       preflight.probe_model(logits_model(classes=100), images(), 10)
     # Classes inferred from a few labels: only fewer logits are refused.
@@ -137,7 +138,7 @@ class ProbeModelTest(tf.test.TestCase):
     softmax = keras.Sequential([logits_model(classes=10),
                                 keras.layers.Softmax()])
     with self.assertRaisesRegex(
-        ValueError, r"--model returns probabilities .*each row summing to 1.*"
+        ValueError, r"`model` returns probabilities .*each row summing to 1.*"
         r"losses take logits: drop the final activation"):
       preflight.probe_model(softmax, images(), 10)
     sigmoid = keras.Sequential([logits_model(classes=10),
@@ -246,7 +247,7 @@ class CheckReportDirTest(tf.test.TestCase):
     with open(path, "w") as f:
       f.write("{}")
     with self.assertRaisesRegex(
-        ValueError, r"--report_dir='.*report.json' is a file, not a folder.*"
+        ValueError, r"`report_dir`='.*report.json' is a file, not a folder.*"
         r"Received: report_dir="):
       preflight.check_report_dir(path)
     with self.assertRaisesRegex(ValueError, "cannot be created.*Received: "
@@ -257,7 +258,7 @@ class CheckReportDirTest(tf.test.TestCase):
     # /proc refuses new files even to root (chmod would not stop root).
     with self.assertRaisesRegex(ValueError, "--out='/proc' is not writable.*"
                                 "Received: out='/proc'"):
-      preflight.check_report_dir("/proc", flag="out")
+      preflight.check_report_dir("/proc", flag="--out")
     with self.assertRaisesRegex(ValueError, "Received: report_dir=''"):
       preflight.check_report_dir("")
 

@@ -1,6 +1,6 @@
 """Runs one test file under pytest: the `main` of every Bazel `py_test` here.
 
-The tests are `tf.test.TestCase` classes collected by pytest (STYLE.md), so the
+The tests are `tf.test.TestCase` classes collected by pytest (the project's one test runner), so the
 Bazel targets run them the same way `make test` does. pytest exits non-zero
 when the file fails or collects no test, so a target can never pass empty.
 """

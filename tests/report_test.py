@@ -156,12 +156,24 @@ class WriteReportTest(tf.test.TestCase):
     self.assertTrue(text.endswith("[not run] a: b"))
 
   def test_complete_run_at_reference_strength_says_so(self):
+    converged = [sanity.Flag("converged-in-steps", sanity.OK, "")]
     text = report.print_summary(report.report_dict(
-        hand_made_suite(failed={}, weaker=[]), []))
+        hand_made_suite(failed={}, weaker=[]), converged))
     self.assertTrue(text.startswith(
-        "Verdict: COMPLETE (every planned attack ran)."))
+        "Verdict: COMPLETE (every planned attack ran at the reference "
+        "budget; convergence checks passed)."))
     self.assertIn("Budget at reference strength.", text)
     self.assertNotIn("WEAKER", text)
+
+  def test_a_run_without_convergence_shown_is_an_upper_bound(self):
+    written = report.report_dict(hand_made_suite(failed={}, weaker=[]), [])
+    self.assertEqual(written["verdict"], suite.UPPER_BOUND)
+    self.assertEqual(written["upper_bound"], [
+        "convergence not shown (no 2x steps, restarts or EOT rerun ran)"])
+    text = report.print_summary(written)
+    self.assertTrue(text.startswith("**Verdict: UPPER BOUND.** Every planned "
+                                    "attack ran"), text)
+    self.assertNotIn("COMPLETE", text)
 
   def test_full_adaptive_preset_says_so(self):
     suite_result = hand_made_suite(failed={})

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 
 import keras
 import numpy as np
@@ -48,6 +49,24 @@ class SettingsTest(tf.test.TestCase):
       presets.parse_overrides(["fig5_steps"])
     with self.assertRaisesRegex(ValueError, "Received: experiment='fig9'"):
       runner.run_experiment("fig9")
+
+  def test_summary_command_is_the_whole_command(self):
+    settings = presets.resolve_settings("smoke", num_examples=8,
+                                        num_examples_eot=4, overrides=TINY)
+    result = {"preset": "smoke", "seed": 0, "out": "runs/r",
+              "settings": settings,
+              "images": {"num_examples": 8, "num_examples_eot": 4}}
+    command = summary.command_line("fig5", result)
+    self.assertStartsWith(command, "python -m examples.reproduce "
+                          "--experiment=fig5 --preset=smoke --seed=0 "
+                          "--num_examples=8 --num_examples_eot=4 ")
+    self.assertIn("'--set=fig5_steps=[1]'", command)
+    self.assertEndsWith(command, " --out=runs/r")
+    # Run as written, the command's flags give the same settings back.
+    argv = shlex.split(command)
+    sets = [a[len("--set="):] for a in argv if a.startswith("--set=")]
+    self.assertEqual(presets.resolve_settings(
+        "smoke", 8, 4, presets.parse_overrides(sets)), settings)
 
   def test_parse_overrides_reads_json_and_keeps_text(self):
     self.assertEqual(
@@ -135,7 +154,10 @@ class EndToEndTest(tf.test.TestCase):
     self.assertIn("![fig5](fig5/fig5.png)", text)
     self.assertIn("CIFAR-10 (JPEG copy)", text)
     self.assertIn("training of its 2 models", text)
-    self.assertIn(f"--preset=smoke --seed=0 --out={out}`", text)
+    self.assertIn(f"`{summary.command_line('fig5', result)}`", text)
+    self.assertIn("--preset=smoke --seed=0 --num_examples=8 "
+                  "--num_examples_eot=4 ", text)
+    self.assertIn(f" --out={out}`", text)
     self.assertIn("## Table 3: comparison on CIFAR-10\n\nNot run yet.", text)
 
   def test_table1_reruns_from_scratch_to_the_same_numbers(self):

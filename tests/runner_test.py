@@ -199,7 +199,8 @@ class RunnerTest(tf.test.TestCase):
     self.assert_same_result(runner.merge(self.dirs["mirrored"]), self.single)
 
   def test_two_worker_cluster_equals_one_process(self):
-    self.assertEqual(self.worker_codes, [0, 0], self.worker_logs)
+    # The chief's report is an upper bound (a tiny budget): exit status 4.
+    self.assertEqual(self.worker_codes, [4, 0], self.worker_logs)
     self.assertIn("the chief writes the report", self.worker_logs[1])
     folder = self.dirs["multi_worker"]
     self.assertTrue(os.path.exists(os.path.join(folder, "report.json")),
@@ -399,10 +400,22 @@ class RunnerTest(tf.test.TestCase):
     self.assertEqual((entry["threat_model"], entry["eps"]), ("Linf", "8/255"))
     self.assertEqual(entry["attacks"], ATTACKS)
     self.assertEqual(entry["budget"]["steps"], 3)
-    self.assertEqual(entry["verdict"], suite.COMPLETE)
+    # A steps-3 budget with no convergence check: an upper bound, unreliable.
+    self.assertEqual(entry["verdict"], suite.UPPER_BOUND)
     self.assertLen(entry["sanity_flags"], 4)
-    self.assertEqual(entry["unreliable"],
-                     any(f["status"] == "FLAG" for f in entry["sanity_flags"]))
+    self.assertTrue(entry["unreliable"])
+    # RobustBench's model_info fields, and why its leaderboard excludes it.
+    self.assertEqual(entry["autoattack_acc"], entry["robust_acc"])
+    self.assertEqual((entry["reported"], entry["venue"]), (None, None))
+    self.assertFalse(entry["leaderboard_eligible"])
+    self.assertIn("randomized", entry["not_eligible_because"][0])
+    info = runner.model_info(self.target.model)
+    self.assertEqual(info["number_forward_passes"],
+                     1 + sum(t.steps + 1 for t in
+                             adv_layer.find_transforms(self.target.model)))
+    self.assertEqual(runner.robustbench_entry(
+        self.single, "tiny", "tiny images", info=dict(
+            info, reported="80.2"))["reported"], "80.2")
 
   def test_dry_run_counts_the_passes_of_the_run(self):
     probed = []

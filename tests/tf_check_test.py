@@ -28,7 +28,8 @@ class CheckVersionTest(tf.test.TestCase):
     for version in ("2.15.1", "2.15.0rc1", "2.9.0", "1.15.5"):
       with self.assertRaisesRegex(
           ImportError,
-          r"TensorFlow >= 2\.16 .*adv-layer\[cpu\].*adv-layer\[and-cuda\].*"
+          r"TensorFlow >= 2\.16 .*pip install -e '\.\[cpu\]'.*"
+          r"pip install -e '\.\[and-cuda\]'.*"
           rf"Received: tensorflow\.__version__={version}$"):
         _tf_check.check_version(version)
 
@@ -44,7 +45,8 @@ class EnsureTensorflowTest(tf.test.TestCase):
     with mock.patch.dict(sys.modules, {"tensorflow": None}):
       with self.assertRaisesRegex(
           ImportError, r"TensorFlow >= 2\.16, and importing it failed "
-          r".*adv-layer\[cpu\].*adv-layer\[and-cuda\]") as raised:
+          r".*pip install -e '\.\[cpu\]'.*"
+          r"pip install -e '\.\[and-cuda\]'") as raised:
         _tf_check.ensure_tensorflow()
     self.assertIsInstance(raised.exception.__cause__, ImportError)
 
@@ -68,7 +70,7 @@ class PackageImportTest(tf.test.TestCase):
       result = subprocess.run([sys.executable, "-c", script], timeout=300,
                               capture_output=True, text=True, check=False)
       self.assertNotEqual(result.returncode, 0, msg=package)
-      self.assertIn("adv-layer[cpu]", result.stderr, msg=package)
+      self.assertIn("pip install -e '.[cpu]'", result.stderr, msg=package)
 
 
 if __name__ == "__main__":

@@ -50,5 +50,16 @@ class BaselineTest(tf.test.TestCase):
     self.assertIn("Received: cached_draws=2, defense='none'", run.stderr)
 
 
+class LoadFbTest(tf.test.TestCase):
+
+  def test_fb_takes_a_zoo_name(self):
+    from examples import train_cifar10  # pylint: disable=g-import-not-at-top
+    f_b = train_cifar10.load_fb("zoo:cifar10/small_vgg_fgsm_rs", {},
+                                (32, 32, 3), 10)
+    self.assertEqual(tuple(f_b.output_shape), (None, 10))
+    with self.assertRaisesRegex(FileNotFoundError, "zoo:NAME"):
+      train_cifar10.load_fb("runs/none/f_b.keras", {}, (32, 32, 3), 10)
+
+
 if __name__ == "__main__":
   tf.test.main()

@@ -202,6 +202,18 @@ class PresetsTest(tf.test.TestCase):
     with self.assertRaisesRegex(ValueError, "Received: lr=0.1"):
       training.get_preset("smoke", lr=0.1)
 
+  def test_constant_rate_override(self):
+    # docs/FIDELITY.md: the paper's constant rate, where None would keep 50.
+    paper = training.get_preset("paper", lr_drop_epoch=training.NO_DROP,
+                                fb_lr_drop_epoch=training.NO_DROP)
+    self.assertIsNone(paper["lr_drop_epoch"])
+    self.assertIsNone(paper["fb_lr_drop_epoch"])
+    self.assertEqual(training.get_preset("paper", lr_drop_epoch=None)
+                     ["lr_drop_epoch"], 50)
+    self.assertEqual(training.PRESETS["paper"]["lr_drop_epoch"], 50)
+    self.assertEqual(training.learning_rate_schedule(
+        0.1, steps_per_epoch=10, lr_drop_epoch=paper["lr_drop_epoch"]), 0.1)
+
   def test_learning_rate_drop(self):
     schedule = training.learning_rate_schedule(0.1, steps_per_epoch=10,
                                                lr_drop_epoch=50)

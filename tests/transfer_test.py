@@ -1,9 +1,14 @@
 """Tests of attacks.transfer: PGD on a source model, replayed on a target."""
 
+import contextlib
+import io
+import os
+
 import keras
 import numpy as np
 import tensorflow as tf
 
+from adv_layer import training
 from adv_layer.layer import AdversarialTransform
 from adv_layer.layer import find_transforms
 from attacks import pgd
@@ -244,6 +249,21 @@ class SurrogateTest(tf.test.TestCase):
     copy.set_weights(self.f_a.get_weights())
     self.assertAllClose(copy(x), self.f_a(x), atol=1e-6)
     self.assertIsInstance(self.model.layers[0], AdversarialTransform)
+
+  def test_train_surrogates_prints_a_line_per_epoch(self):
+    folder = self.get_temp_dir()
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+      models, paths = surrogates.train_surrogates(
+          self.model, ["blackbox_transfer"], folder, {},
+          (self.images[:64], self.labels[:64]), preset="smoke", seed=0)
+    lines = output.getvalue().splitlines()
+    self.assertStartsWith(lines[0], "Training the surrogate (smoke preset, 64")
+    epochs = training.get_preset("smoke")["epochs"]
+    self.assertLen([l for l in lines if l.startswith("Epoch ")], epochs)
+    self.assertEqual(paths["surrogate"],
+                     os.path.join(folder, "surrogate.keras"))
+    self.assertIsNone(models["adversarial_surrogate"])
 
   def test_subclassed_model_raises(self):
 

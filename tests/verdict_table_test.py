@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 import tempfile
 
 import tensorflow as tf
@@ -86,6 +88,23 @@ class VerdictTableTest(tf.test.TestCase):
     with open(os.path.join(folder, "report.json"), "w") as file:
       json.dump({"seed": 3}, file)
     self.assertEqual(verdict_table.load_report(folder), {"seed": 3})
+
+
+
+class RunByPathTest(tf.test.TestCase):
+
+  def test_run_by_path_names_the_module_form_in_one_line(self):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    process = subprocess.run(
+        [sys.executable, os.path.join("examples", "verdict_table.py"),
+         "--report=Ours=x"], cwd=root, env=dict(env, TF_CPP_MIN_LOG_LEVEL="3"),
+        capture_output=True, text=True, timeout=300, check=False)
+    self.assertEqual(process.returncode, 1, process.stderr)
+    self.assertNotIn("Traceback", process.stderr)
+    last = process.stderr.strip().splitlines()[-1]
+    self.assertStartsWith(last, "verdict_table.py: error: ")
+    self.assertIn("python -m examples.verdict_table", last)
 
 
 if __name__ == "__main__":

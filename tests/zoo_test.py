@@ -27,6 +27,50 @@ CARD_FIELDS = dict(
     wall_time_s=1.0, machine="test machine")
 
 
+# The card check's split, test[:500]: an accuracy is a count of these.
+CHECK_IMAGES = 500
+# Images whose decision may differ from the card when another machine's
+# kernels measure a published model (the zoo's cards were measured on an
+# AVX-512 CPU with oneDNN). Measured with TF_ENABLE_ONEDNN_OPTS=0 against the
+# cards: the logits of the models without g moved by at most 1.5e-5, and
+# their smallest top-2 margin is 2.6e-4 (resnet18_madry), so none flipped;
+# one image allows one near-tie on coarser kernels. Through g (13 signed
+# steps on f_b's gradient) a component near zero can change sign and send
+# g(x) elsewhere: 24 of the 500 images of defended_resnet18 got another g(x),
+# and 1 decision flipped (364 correct against the card's 363; an AVX2 EPYC
+# measured 362 or 364). A diverged image's decision changes as between two
+# draws of g, for 12-14% of images (62 and 71 of 500 for the seeds 1 and 2
+# against 0): about 3 changed decisions, each +1 or -1, so the count moves by
+# a difference of two Poisson(1.55) counts; more than 5 images has
+# probability 0.3%. A new seed derivation (+6 and -3 images for the seeds 1
+# and 2) or a broken loader (far from the card) is what the check is for; the
+# golden test pins the draws themselves.
+DETERMINISTIC_FLIPS = 1
+RANDOMIZED_FLIPS = 5
+
+
+def image_count(accuracy, name):
+  """`accuracy` as the count of correct images of CHECK_IMAGES it is."""
+  count = round(accuracy * CHECK_IMAGES)
+  if abs(count - accuracy * CHECK_IMAGES) > 1e-6:
+    raise AssertionError(f"{name}: {accuracy} is not a count of "
+                         f"{CHECK_IMAGES} images")
+  return count
+
+
+def flips_allowed(root, name):
+  """Images of the check that may differ from `name`'s card (see above).
+
+  0 for the models this test publishes: their cards are measured here, on
+  these kernels, so they reproduce exactly.
+  """
+  if root != zoo.ZOO_DIR:
+    return 0
+  with zipfile.ZipFile(zoo.entry_path(name, root, ".keras")) as file:
+    randomized = '"AdversarialTransform"' in file.read("config.json").decode()
+  return RANDOMIZED_FLIPS if randomized else DETERMINISTIC_FLIPS
+
+
 def tiny_trained_classifier():
   """small_cnn at width 4, two epochs on 512 CIFAR-10 training images."""
   keras.utils.set_random_seed(0)
@@ -113,6 +157,7 @@ class ZooTest(tf.test.TestCase):
   def test_every_model_reproduces_its_card(self):
     # The zoo's published models (adv_layer/zoo_models) and this
     # test's two models, one of them randomized (g pinned to the card's seed).
+    # Accuracies are counts of CHECK_IMAGES images, compared as integers.
     entries = ([(zoo.ZOO_DIR, name) for name in zoo.available()] +
                [(self.root, name) for name in zoo.available(self.root)])
     self.assertGreaterEqual(len(entries), 2)
@@ -120,8 +165,13 @@ class ZooTest(tf.test.TestCase):
       entry = zoo.card(name, root=root)
       self.assertEqual(entry["check"]["split"], "test[:500]")
       measured, published = zoo.check_accuracy(name, root=root)
-      # One image of 500 for float round-off on another machine's kernels.
-      self.assertLessEqual(abs(measured - published), 1 / 500, name)
+      measured_count, published_count = (
+          image_count(measured, name), image_count(published, name))
+      allowed = flips_allowed(root, name)
+      self.assertLessEqual(
+          abs(measured_count - published_count), allowed,
+          f"{name}: {measured_count} of {CHECK_IMAGES} images correct, the "
+          f"card says {published_count} (at most {allowed} may differ)")
 
   def test_unknown_name_lists_the_known_ones(self):
     with self.assertRaisesRegex(

@@ -1,6 +1,8 @@
 """Renders every finished experiment into one Markdown page."""
 
+import json
 import os
+import shlex
 
 from examples.reproduction import fig5
 from examples.reproduction import fig6
@@ -51,10 +53,33 @@ def summary_markdown(out, relative_to):
     for plot in result["plots"]:  # Found beside results.json, wherever moved.
       local = os.path.join(out, name, os.path.basename(plot))
       lines.append(f"![{name}]({os.path.relpath(local, relative_to)})")
-    lines += ["", f"Command: `python -m examples.reproduce --experiment={name} "
-              f"--preset={result['preset']} --seed={result['seed']} "
-              f"--out={result['out']}`", ""]
+    lines += ["", f"Command: `{command_line(name, result)}`", ""]
   return "\n".join(lines)
+
+
+def command_line(name, result):
+  """The whole command that made `result` (its results.json dict).
+
+  The preset, the seed, both image counts (`--num_examples`,
+  `--num_examples_eot`, always written), a `--set` for each setting that
+  differs from the preset's, and `--out`.
+  """
+  parts = ["python -m examples.reproduce", f"--experiment={name}",
+           f"--preset={result['preset']}", f"--seed={result['seed']}"]
+  settings = result.get("settings") or {}
+  images = result.get("images") or {}
+  counts = ("num_examples", "num_examples_eot")
+  for key in counts:
+    value = images.get(key, settings.get(key))
+    if value is not None:
+      parts.append(f"--{key}={value}")
+  preset = json.loads(json.dumps(presets.SETTINGS.get(result["preset"], {})))
+  for key in sorted(settings):
+    if key not in counts and key in preset and settings[key] != preset[key]:
+      value = json.dumps(settings[key], separators=(",", ":"))
+      parts.append(shlex.quote(f"--set={key}={value}"))
+  parts.append(f"--out={result['out']}")
+  return " ".join(parts)
 
 
 def write_summary(out, path=None):
