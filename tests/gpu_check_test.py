@@ -192,7 +192,9 @@ class EndToEndTest(tf.test.TestCase):
     self.assertIsNone(summary["device"]["gpu"])
     self.assertEqual(summary["device"]["tensorflow"], tf.__version__)
     for name in gpu_check.STEPS[1:]:
-      self.assertEqual(summary["steps"][name]["returncode"], 0, msg=name)
+      # The attack's budget is far below the reference: UPPER BOUND, exit 4.
+      self.assertEqual(summary["steps"][name]["returncode"],
+                       4 if name == "attack" else 0, msg=name)
       self.assertGreater(summary["wall_s"][name], 0.0)
     # 3 range cases + XLA refusal + mixed precision + save/reload + NaN grads.
     tests = summary["tests"]

@@ -296,8 +296,9 @@ ENTRIES = (
             "whitebox_transfer,blackbox_transfer,"
             "apgd_ce_expected_bpda_identity,"
             "pgd_expected_margin_bpda_identity,pgd_restarts_bpda_identity "
-            "--num_examples=100 --sanity_images=100 --seed=0 --steps=20 "
-            "--eot_samples=4 --draws=20 --report_dir={report_dir}"),
+            "--num_examples=100 --sanity_images=50 --seed=0 --steps=20 "
+            "--eot_samples=4 --draws=20 --eot_curve= "
+            "--report_dir={report_dir}"),
         number_forward_passes=14,
         footnote="g runs 13 LL-PGD steps of f_b per prediction (14 f_b "
         "passes and one f_a pass)."),
