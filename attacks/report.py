@@ -201,7 +201,10 @@ def header_lines(report):
             f"{budget.queries} queries, {budget.query_draws} draws per query "
             "(this package's default on a randomized model), "
             f"{reference.images} images, R = {reference.draws} draws.", ""]
-  weaker = report["weaker_than_reference"]
+  weaker = [w for w in report["weaker_than_reference"]
+            if w["field"] not in sanity.NOT_A_SHORTFALL]
+  fewer = [w for w in report["weaker_than_reference"]
+           if w["field"] in sanity.NOT_A_SHORTFALL]
   if weaker:
     listed = ", ".join(f"{w['field']} {w['used']} (reference {w['reference']})"
                        for w in weaker)
@@ -209,6 +212,9 @@ def header_lines(report):
                  "a reference-strength evaluation.")
   else:
     lines.append("Budget at reference strength.")
+  lines += [f"Fewer {w['field']} than the reference ({w['used']}, reference "
+            f"{w['reference']}): wider intervals, not a weaker attack."
+            for w in fewer]
   ran = [row["name"] for row in report["attacks"]] + list(report["failed"])
   missing = suite.not_run(ran, report["defended"],
                           randomized=report.get("randomized"))

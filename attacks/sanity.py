@@ -19,7 +19,8 @@ from attacks import suite
 # The checks and the verdict, also reachable here.
 # pylint: disable=unused-import,g-multiple-import
 from attacks.verdict import (
-    LARGE_EPSILON, MASKING_SIGNS, NOT_RUN, OK, TRIPPED, Flag, cheap_checks,
+    LARGE_EPSILON, MASKING_SIGNS, NOT_A_SHORTFALL, NOT_RUN, OK, TRIPPED, Flag,
+    cheap_checks,
     check_convergence, check_eot_gradients, check_failures,
     check_gradient_masking, check_gradients, check_large_epsilon,
     check_masked_layers, check_monotone_epsilon, check_nonfinite_outputs,

@@ -34,7 +34,7 @@ ROW_FIELDS = {
     "num_examples", "seed", "budget", "budget_shortfall", "attacks",
     "attack_acc", "verdict", "masking_signs", "strongest_attack",
     "claimed_robust_acc", "published_adaptive_acc", "reported", "seconds",
-    "attack_seconds", "command", "leaderboard_command", "report_dir",
+    "last_run_seconds", "command", "leaderboard_command", "report_dir",
     "train_command", "footnote",
 }
 

@@ -131,8 +131,10 @@ class WriteReportTest(tf.test.TestCase):
         "# Robustness report\n\n**Verdict: INCOMPLETE.** Attacks that raised: "
         "spsa. The worst case below omits them"))
     self.assertIn("**WEAKER THAN REFERENCE:** steps 10 (reference 100), "
-                  "eot_samples 4 (reference 20), images 4 (reference 10000), "
-                  "draws 2 (reference 20).", text)
+                  "eot_samples 4 (reference 20), draws 2 (reference 20).", text)
+    # Fewer images widen the intervals; they are not a weaker attack.
+    self.assertIn("Fewer images than the reference (4, reference 10000): "
+                  "wider intervals, not a weaker attack.", text)
     self.assertEqual(data["failed"], {"spsa": "ValueError: broken"})
     # A and B are not registry attacks: the whole preset is missing.
     adaptive = len(suite.PRESETS["adaptive"])
