@@ -465,13 +465,23 @@ class DocsTest(tf.test.TestCase):
     first_screen = "\n".join(self.readme.splitlines()[:FIRST_SCREEN_LINES])
     for command in TWO_COMMANDS:
       self.assertIn("    " + command + "\n", first_screen)
-    # The headline verdict: a table with the defense's and Madry's figures.
+    # The headline verdict: each row's worst case, interval and verdict are
+    # those of its finished report, beside the paper's figure.
     rows = [l.replace("**", "") for l in first_screen.splitlines()
             if l.startswith("|")]
-    self.assertTrue(any("0.8% [0.2, 2.0]" in r and "80.2%" in r
-                        for r in rows), rows)
-    self.assertTrue(any("32.8% [28.7, 37.1]" in r and "42.7%" in r
-                        for r in rows), rows)
+    for entry, paper in (("undefended", "0.0% (PGD)"), ("madry", "42.7%"),
+                         ("defended", "80.2%")):
+      with open(os.path.join(ROOT, "docs", "results", "leaderboard", entry,
+                             "report.json"), encoding="utf-8") as f:
+        report = json.load(f)
+      worst = report["worst_case"]
+      low, high = worst["strict_accuracy_ci95"]
+      figure = (f"{100 * worst['strict_accuracy']:.1f}% "
+                f"[{100 * low:.1f}, {100 * high:.1f}]")
+      self.assertTrue(any(figure in r and paper in r and
+                          f"| {report['verdict']} |" in r for r in rows),
+                      (entry, figure, report["verdict"], rows))
+    self.assertIn("(docs/LEADERBOARD.md)", first_screen)
     plots = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", first_screen)
     self.assertLen(plots, 1)
     self.assertTrue(os.path.exists(os.path.join(ROOT, plots[0])), plots[0])
