@@ -16,6 +16,15 @@ docs/LEADERBOARD.md and docs/leaderboard.png) from the finished reports:
 
   python examples/leaderboard.py --regenerate --report_root=runs/leaderboard
 
+The published table is made from the finished reports kept in the
+repository (each entry's report.json, report.md and robustbench.json under
+docs/results/leaderboard/NAME/, and its run snapshot
+runs/leaderboard/entries/NAME.json under docs/results/leaderboard/entries/):
+
+  python examples/leaderboard.py --regenerate \
+      --report_root=docs/results/leaderboard --run_root=runs/leaderboard \
+      --skip_unfinished
+
 A report folder without report.json, or with the verdict INCOMPLETE, is
 refused (exit status 3, one line naming it); --skip_unfinished lists such
 entries as pending instead. --budget=smoke runs an entry at the CI size
@@ -56,6 +65,10 @@ def define_flags():
                     "finished reports.")
   flags.DEFINE_string("report_root", "runs/leaderboard",
                       "Folder of the report folders, one per entry.")
+  flags.DEFINE_string("run_root", None, "--regenerate: the --report_root "
+                      "that the commands of entries without a run snapshot "
+                      "name (default: --report_root); for a table made from "
+                      "reports copied elsewhere.")
   flags.DEFINE_multi_string("catalog", [], "JSON file with a list of further "
                             "entries (repeatable).")
   flags.DEFINE_list("entries", None, "--regenerate: only these entries "
@@ -168,6 +181,7 @@ def run_entry(entries):
 def regenerate(entries):
   """Writes the JSON, Markdown and plot; returns the number of rows."""
   root = FLAGS.report_root
+  run_root = FLAGS.run_root or root
   chosen = FLAGS.entries or list(entries)
   rows, pending = [], []
   for name in chosen:
@@ -179,8 +193,9 @@ def regenerate(entries):
         saved = json.load(f)
       command, rerun = saved["command"], saved["leaderboard_command"]
     else:
-      command = recorded_command(entry, root, protocol_lib.PROTOCOL)
-      rerun = leaderboard_command(entry, root, FLAGS.catalog, "reference")
+      command = recorded_command(entry, run_root, protocol_lib.PROTOCOL)
+      rerun = leaderboard_command(entry, run_root, FLAGS.catalog,
+                                  "reference")
     if not os.path.isdir(folder) and not FLAGS.entries:
       pending.append((entry, rerun, "not run yet"))
       continue
@@ -203,7 +218,9 @@ def regenerate(entries):
         FLAGS.plot, os.path.dirname(os.path.abspath(FLAGS.output_md)))
   command = " ".join(
       ["python examples/leaderboard.py --regenerate",
-       f"--report_root={root}"] + [f"--catalog={p}" for p in FLAGS.catalog] +
+       f"--report_root={root}"] +
+      ([f"--run_root={FLAGS.run_root}"] if FLAGS.run_root else []) +
+      [f"--catalog={p}" for p in FLAGS.catalog] +
       (["--skip_unfinished"] if FLAGS.skip_unfinished else []))
   text = table.markdown(rows, pending, plot_name, command)
   os.makedirs(os.path.dirname(FLAGS.output_md) or ".", exist_ok=True)

@@ -56,6 +56,7 @@ FIRST_SCREEN_LINES = 70
 # Flags every absl program takes that no FlagValues lists.
 SPECIAL_FLAGS = frozenset({"flagfile", "undefok"})
 SUBPROCESS_TIMEOUT_S = 600
+LEADERBOARD = os.path.join(ROOT, "examples", "leaderboard.py")
 
 # Runs each program's file once, as `python examples/NAME.py` (argv[1]) or
 # `python -m examples.NAME` (argv[2]) would, up to its `app.run`, which is
@@ -585,6 +586,44 @@ class DocsTest(tf.test.TestCase):
     self.assertEqual(status, 1, output)
     self.assertIn("--model:", output)
     self.assertNotIn("Traceback", output)
+
+
+class LeaderboardDocsTest(tf.test.TestCase):
+  """The published leaderboard against the finished reports kept with it."""
+
+  def test_published_table_is_what_the_kept_reports_regenerate(self):
+    # docs/LEADERBOARD.md names the command that made it; run that command on
+    # a copy of the kept reports and compare every byte of the JSON and the
+    # Markdown (both are made from JSON figures: nothing machine-dependent).
+    docs = os.path.join(ROOT, "docs")
+    with open(os.path.join(docs, "LEADERBOARD.md"), encoding="utf-8") as f:
+      published_md = f.read()
+    (command,) = [line.strip() for line in published_md.splitlines()
+                  if line.strip().startswith(
+                      "python examples/leaderboard.py --regenerate")]
+    argv = command.split()
+    self.assertEqual(argv[:2], ["python", "examples/leaderboard.py"])
+    work = tempfile.mkdtemp()
+    kept = os.path.join("docs", "results", "leaderboard")
+    shutil.copytree(os.path.join(ROOT, kept), os.path.join(work, kept))
+    shutil.copy(os.path.join(docs, "EVALUATION.md"),
+                os.path.join(work, "docs"))
+    run = subprocess.run([sys.executable, LEADERBOARD, *argv[2:]], cwd=work,
+                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), capture_output=True, text=True,
+                         check=False)
+    self.assertEqual(run.returncode, 0, msg=run.stderr[-3000:])
+    for name in ("leaderboard.json", "LEADERBOARD.md"):
+      with open(os.path.join(docs, name), encoding="utf-8") as f:
+        published = f.read()
+      with open(os.path.join(work, "docs", name), encoding="utf-8") as f:
+        self.assertEqual(f.read(), published, msg=name)
+    with open(os.path.join(docs, "leaderboard.json"), encoding="utf-8") as f:
+      rows = json.load(f)
+    for r in rows:  # Each row's report is kept where the row says.
+      self.assertTrue(r["report_dir"].startswith(kept), msg=r["report_dir"])
+      for name in ("report.json", "report.md", "robustbench.json"):
+        self.assertTrue(os.path.exists(
+            os.path.join(ROOT, r["report_dir"], name)), msg=(r["name"], name))
 
 
 if __name__ == "__main__":

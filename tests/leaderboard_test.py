@@ -111,17 +111,29 @@ class ProtocolTest(tf.test.TestCase):
     self.assertGreaterEqual(p.num_examples, 100)
     self.assertEqual((p.epsilon, p.seed, p.steps, p.eot_samples, p.draws),
                      ("8/255", 0, 100, 20, 20))
-    argv = protocol.attack_eval_command(catalog.by_name("sap"), "runs/lb",
-                                        python="python", root="")
+    argv = protocol.attack_eval_command(
+        catalog.by_name("feature_squeeze"), "runs/lb", python="python",
+        root="")
     self.assertEqual(argv[:3], ["python", "examples/attack_eval.py",
-                                "--model=runs/lb/models/sap.keras"])
+                                "--model=runs/lb/models/feature_squeeze.keras"])
     for flag in ("--num_examples=100", "--epsilon=8/255", "--seed=0",
                  "--steps=100", "--eot_samples=20", "--draws=20",
+                 "--queries=5000", "--query_draws=8",
                  "--attacks=autoattack_rand,adaptive", "--sanity_images=100",
                  "--convergence", "--import=attacks.defenses",
                  "--surrogate=zoo:cifar10/resnet18_undefended",
-                 "--report_dir=runs/lb/sap"):
+                 "--report_dir=runs/lb/feature_squeeze"):
       self.assertIn(flag, argv)
+    # A randomized entry's stated CPU budget replaces those fields only.
+    sap = protocol.attack_eval_command(catalog.by_name("sap"), "runs/lb",
+                                       python="python", root="")
+    for flag in ("--num_examples=100", "--epsilon=8/255", "--seed=0",
+                 "--steps=20", "--eot_samples=4", "--draws=20",
+                 "--queries=1000", "--query_draws=2", "--sanity_images=50",
+                 "--attacks=autoattack_rand,adaptive", "--convergence",
+                 "--report_dir=runs/lb/sap"):
+      self.assertIn(flag, sap)
+    self.assertNotIn("--steps=100", sap)
 
   def test_literal_commands_are_the_background_runs(self):
     line = protocol.shell_line(protocol.attack_eval_command(

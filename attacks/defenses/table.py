@@ -350,7 +350,7 @@ def markdown(rows, pending, plot_name, regenerate_command,
         f"- Paper: {r['paper']}.",
         f"- Classifier: {r['architecture']}; forward passes per prediction: "
         f"{r['number_forward_passes']}.",
-        f"- Detected: {r['detected']['randomized_why'] or '—'}; applied: "
+        f"- Model checks: {r['detected']['randomized_why'] or '—'}; applied: "
         f"{'; '.join(r['detected']['applied'])}.",
         f"- Images: {r['num_examples']}; budget: " + ", ".join(
             f"{k} {v}" for k, v in r["budget"].items() if v is not None) +
@@ -370,6 +370,7 @@ def markdown(rows, pending, plot_name, regenerate_command,
            if r["masking_signs"] else "")
         + f"; attacks {r['seconds'] or 0:.0f} s summed over units (sanity "
         "reruns not counted).",
+        f"- Report: `{r['report_dir']}/report.md`.",
     ]
     if r["footnote"]:
       lines.append(f"- Note: {r['footnote']}")
