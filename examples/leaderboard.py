@@ -28,7 +28,10 @@ runs/leaderboard/entries/NAME.json under docs/results/leaderboard/entries/):
 A report folder without report.json, or with the verdict INCOMPLETE, is
 refused (exit status 3, one line naming it); --skip_unfinished lists such
 entries as pending instead. --budget=smoke runs an entry at the CI size
-(`protocol.SMOKE`): the report then states every shortfall.
+(`protocol.SMOKE`): the report then states every shortfall. --budget=full
+drops an entry's stated overrides (the CPU budget of the randomized
+entries) and its literal command, so every field is the reference's; give
+it its own --report_root (a report folder keeps one budget).
 
 Adding a defense from your own package: write a JSON list of entries (the
 fields of `attacks.defenses.catalog.Entry`) and pass it with --catalog; put
@@ -41,6 +44,7 @@ import os
 # AVX-512), where TensorFlow leaves them off by default; set before TF loads.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -54,7 +58,13 @@ from attacks.defenses import table
 
 FLAGS = flags.FLAGS
 BAD_INPUT_STATUS = 3
-PROTOCOLS = {"reference": protocol_lib.PROTOCOL, "smoke": protocol_lib.SMOKE}
+# "reference": the protocol with each entry's stated overrides (or its
+# literal command); "full": the protocol's budget for every entry, overrides
+# and literal commands dropped (for a machine that affords it, e.g. a GPU);
+# "smoke": the CI size.
+PROTOCOLS = {"reference": protocol_lib.PROTOCOL, "full": protocol_lib.PROTOCOL,
+             "smoke": protocol_lib.SMOKE}
+FULL = "full"
 ENTRIES_DIR = "entries"
 
 
@@ -76,7 +86,9 @@ def define_flags():
   flags.DEFINE_bool("skip_unfinished", False, "--regenerate: list unfinished "
                     "entries as pending instead of refusing.")
   flags.DEFINE_enum("budget", "reference", list(PROTOCOLS),
-                    "--entry: the protocol (smoke: CI size).")
+                    "--entry: the protocol: reference (with the entry's "
+                    "stated overrides), full (the reference budget for "
+                    "every entry, overrides dropped) or smoke (CI size).")
   flags.DEFINE_bool("dry_run", False, "--entry: print the command only.")
   flags.DEFINE_string("output_json", "docs/leaderboard.json",
                       "--regenerate: the JSON table.")
@@ -138,6 +150,8 @@ def recorded_command(entry, report_root, protocol):
 def run_entry(entries):
   """Builds (if needed) and evaluates --entry; returns attack_eval's status."""
   entry = catalog.by_name(FLAGS.entry, tuple(entries.values()))
+  if FLAGS.budget == FULL:
+    entry = dataclasses.replace(entry, overrides={}, command=None)
   protocol = PROTOCOLS[FLAGS.budget]
   root = FLAGS.report_root
   argv = protocol_lib.attack_eval_command(entry, root, protocol)

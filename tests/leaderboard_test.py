@@ -312,6 +312,28 @@ class ProgramTest(tf.test.TestCase):
     self.assertEqual(refused.returncode, 3)
     self.assertIn("holds no report.json", refused.stderr)
 
+  def test_full_budget_drops_overrides_and_literal_commands(self):
+    for name, model in (("sap", "--model=runs/lb/models/sap.keras"),
+                        ("defended", "--model=zoo:cifar10/defended_resnet18")):
+      for budget, steps in (("reference", None), ("full", "--steps=100")):
+        run = subprocess.run(
+            [sys.executable, PROGRAM, f"--entry={name}", f"--budget={budget}",
+             "--report_root=runs/lb", "--dry_run"], cwd=tempfile.mkdtemp(),
+            env=program_env(), capture_output=True, text=True, check=False)
+        self.assertEqual(run.returncode, 0, msg=run.stderr[-3000:])
+        argv = run.stdout.strip().splitlines()[-1].split()
+        self.assertIn(model, argv)
+        if budget == "reference":  # The stated CPU budget.
+          self.assertIn("--steps=20", argv)
+          self.assertIn("--eot_samples=4", argv)
+        else:  # Every field at the reference.
+          for flag in (steps, "--eot_samples=20", "--queries=5000",
+                       "--query_draws=8", "--draws=20",
+                       "--attacks=autoattack_rand,adaptive",
+                       f"--report_dir=runs/lb/{name}"):
+            self.assertIn(flag, argv)
+          self.assertNotIn("--steps=20", argv)
+
 
 if __name__ == "__main__":
   tf.test.main()
