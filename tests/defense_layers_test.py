@@ -72,6 +72,43 @@ class FeatureSqueezeTest(tf.test.TestCase):
       layers.FeatureSqueeze(median_size=9).build((None, 8, 8, 3))
 
 
+class JpegTest(tf.test.TestCase):
+
+  def test_is_the_jpeg_round_trip_on_the_uint8_grid(self):
+    # On images already on the uint8 grid the 8-bit rounding is the
+    # identity, so the layer is exactly tf.image's JPEG round trip.
+    x = (np.random.RandomState(0).randint(0, 256, size=(3, 16, 16, 3))
+         / 255).astype("float32")
+    defense = layers.Jpeg()
+    self.assertEqual((defense.bits, defense.quality), (8, 75))
+    expected = np.stack([tf.image.adjust_jpeg_quality(image, 75).numpy()
+                         for image in x])
+    self.assertAllEqual(defense(x), expected)
+    self.assertNotAllEqual(expected, x)  # JPEG is not the identity.
+
+  def test_deterministic_gradient_none_and_reload(self):
+    x = tf.constant(images(size=16))
+    defense = layers.Jpeg(quality=50)
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      out = defense(x)
+    self.assertIsNone(tape.gradient(out, x))
+    self.assertAllInRange(out, 0.0, 1.0)
+    self.assertAllEqual(out, defense(x))
+    model = builders.build("jpeg", relu_classifier(size=16), quality=50)
+    self.assertEqual(model.layers[0].name, "jpeg")
+    path = os.path.join(tempfile.mkdtemp(), "jpeg.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    self.assertIsInstance(loaded.layers[0], layers.Jpeg)
+    self.assertEqual(loaded.layers[0].quality, 50)
+    self.assertAllEqual(loaded(x), model(x))
+
+  def test_bad_quality_raises(self):
+    with self.assertRaisesRegex(ValueError, "Received: quality=101"):
+      layers.Jpeg(quality=101)
+
+
 class StochasticActivationPruningTest(tf.test.TestCase):
 
   def test_keep_probability_is_the_papers(self):

@@ -27,6 +27,7 @@ from attacks.defenses.layers import BitDepthJpeg
 from attacks.defenses.layers import FeatureSqueeze
 from attacks.defenses.layers import GaussianNoise
 from attacks.defenses.layers import ImageDefense
+from attacks.defenses.layers import Jpeg
 from attacks.defenses.layers import RandomResizePad
 from attacks.defenses.stochastic import MeanSoftmax
 from attacks.defenses.stochastic import NoiseDraws
@@ -34,6 +35,6 @@ from attacks.defenses.stochastic import StochasticActivationPruning
 
 __all__ = [
     "BitDepthJpeg", "FeatureSqueeze", "GaussianNoise", "ImageDefense",
-    "MeanSoftmax", "NoiseDraws", "RandomResizePad",
+    "Jpeg", "MeanSoftmax", "NoiseDraws", "RandomResizePad",
     "StochasticActivationPruning", "builders", "layers", "stochastic",
 ]

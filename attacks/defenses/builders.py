@@ -26,6 +26,7 @@ __all__ = [
 PREPROCESSING = {
     "random_resize_pad": layers.RandomResizePad,
     "bit_depth_jpeg": layers.BitDepthJpeg,
+    "jpeg": layers.Jpeg,
     "gaussian_noise": layers.GaussianNoise,
     "feature_squeeze": layers.FeatureSqueeze,
 }

@@ -344,6 +344,28 @@ ENTRIES = (
         footnote="Two of Guo et al.'s transformations chained (3 bits, "
         "JPEG quality 75, Athalye et al.'s settings)."),
     Entry(
+        name="jpeg", title="JPEG compression (quality 75)",
+        paper="Dziugaite, Ghahramani, Roy, \"A study of the effect of JPG "
+        "compression on adversarial images\", arXiv 2016; proposed as a "
+        "defense by Das et al., \"Keeping the bad guys out: protecting and "
+        "vaccinating deep learning with JPEG compression\", arXiv 2017",
+        link="https://arxiv.org/abs/1608.00853", venue="arXiv 2016",
+        kind="non-differentiable preprocessing", randomized=False,
+        classifier=UNDEFENDED, architecture=RESNET18,
+        builder="attacks.defenses.builders:build",
+        builder_kwargs={"name": "jpeg", "quality": 75},
+        surrogate="zoo:" + UNDEFENDED,
+        claimed=Figure(None, "unverified", "FGSM", "",
+                       "the papers report recovery from FGSM examples, not "
+                       "accuracy under an iterative attack at 8/255"),
+        published_adaptive=Figure(None, "unverified (Shin & Song, 2017, "
+                                  "craft JPEG-resistant examples; Athalye "
+                                  "et al. break Guo et al.'s JPEG with BPDA "
+                                  "on ImageNet)", "", ""),
+        footnote="JPEG alone at quality 75 (Guo et al.'s and Athalye et "
+        "al.'s level), without Das et al.'s retraining on compressed "
+        "images."),
+    Entry(
         name="gaussian_noise", title="Gaussian noise on the input",
         paper="Textbook randomized defense (no single paper)", link="-",
         venue="-", kind="random preprocessing", randomized=True,

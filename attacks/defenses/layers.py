@@ -9,6 +9,7 @@ to a few percent at ε 8/255 with EOT and BPDA, as published.
 |---|---|---|---|
 | `RandomResizePad` | Xie et al. 2018 | yes | EOT (Athalye et al. 2018) |
 | `BitDepthJpeg` | Guo et al. 2018 | no | BPDA (Athalye et al. 2018) |
+| `Jpeg` | Dziugaite et al. 2016; Das et al. 2017 | no | BPDA |
 | `GaussianNoise` | (textbook randomized defense) | yes | EOT |
 | `FeatureSqueeze` | Xu, Evans, Qi 2018 | no | BPDA |
 
@@ -47,7 +48,7 @@ from attacks import transfer
 
 __all__ = [
     "BitDepthJpeg", "FeatureSqueeze", "GaussianNoise", "ImageDefense",
-    "LEGACY_PACKAGE", "PACKAGE", "RandomResizePad", "register",
+    "Jpeg", "LEGACY_PACKAGE", "PACKAGE", "RandomResizePad", "register",
 ]
 
 PACKAGE = "attacks.defenses"
@@ -329,6 +330,33 @@ class BitDepthJpeg(ImageDefense):
     config = super().get_config()
     config.update({"bits": self.bits, "quality": self.quality})
     return config
+
+
+@register
+class Jpeg(BitDepthJpeg):
+  """JPEG compression alone (Dziugaite et al. 2016; Das et al. 2017).
+
+  `BitDepthJpeg` at 8 bits: round(x · 255) / 255 is the uint8 rounding the
+  JPEG encoder applies anyway, then the JPEG round trip at `quality`.
+  Dziugaite, Ghahramani and Roy (2016) found that JPEG compression undoes
+  small FGSM perturbations; Das et al. (2017) propose it as a defense
+  (with retraining on compressed images, not done here). Deterministic and
+  not differentiable, like `BitDepthJpeg`: an evaluation wraps it with BPDA.
+
+  Input shape: `(batch, height, width, channels)`, float in [0, 1], 1 or 3
+  channels. Output shape: the same, float32 in [0, 1].
+
+  Args:
+    quality: JPEG quality, 0 to 100.
+    bits: bits per channel kept before compressing (8: none dropped).
+    **kwargs: base `keras.layers.Layer` arguments.
+
+  Raises:
+    ValueError: for bad `quality` or `bits`.
+  """
+
+  def __init__(self, quality=75, bits=8, **kwargs):
+    super().__init__(bits=bits, quality=quality, **kwargs)
 
 
 @register
