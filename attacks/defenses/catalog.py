@@ -30,7 +30,8 @@ import re
 
 from attacks.defenses import builders
 
-__all__ = ["ENTRIES", "Entry", "Figure", "KINDS", "by_name", "from_dict"]
+__all__ = ["CPU_RANDOMIZED", "ENTRIES", "Entry", "Figure", "KINDS", "by_name",
+           "from_dict"]
 
 # What kind of defense an entry is (the table groups nothing by it; it says
 # why RobustBench does not rank the entry).
