@@ -322,13 +322,27 @@ def _gradient_reason(fn, inputs, seed, index):
   return "ok"
 
 
-def _per_image_total(outputs, directions):
-  """Σ output · d over each image's entries: shape (images,), float32."""
+def _keeps_batch(outputs, images):
+  """Whether every output has one row per input image."""
+  return all(len(o.shape) > 0 and o.shape[0] == images
+             for o in tf.nest.flatten(outputs))
+
+
+def _per_image_total(outputs, directions, per_image=True):
+  """Σ output · d over each image's entries: shape (images,), float32.
+
+  With `per_image` False (a layer that changes the batch size, e.g. noisy
+  copies of each image or their mean), the sum over the whole batch, shape
+  (1,).
+  """
   total = 0.0
   for output, direction in zip(tf.nest.flatten(outputs), directions):
     product = tf.cast(tf.convert_to_tensor(output), tf.float32) * direction
-    total += tf.reduce_sum(tf.reshape(product, [tf.shape(product)[0], -1]),
-                           axis=1)
+    if per_image:
+      total += tf.reduce_sum(tf.reshape(product, [tf.shape(product)[0], -1]),
+                             axis=1)
+    else:
+      total += tf.reshape(tf.reduce_sum(product), [1])
   return total
 
 
@@ -339,7 +353,9 @@ def finite_difference_agreement(fn, x, seed, step=FD_STEP,
   For a seeded random projection F_i(z) = Σ fn(z)_i · d of image i's
   outputs and random sign directions v_k, compares a_ik = <∇F_i(x), v_k>
   with the central difference f_ik = (F_i(x + h v_k) - F_i(x - h v_k)) / 2h
-  at h = `step`. Every call of `fn` runs inside `seeded(owner, seed)`, so a
+  at h = `step`; for a `fn` that changes the batch size (noisy copies of
+  each image, their mean), F is the whole batch's projection (one number
+  per direction). Every call of `fn` runs inside `seeded(owner, seed)`, so a
   random layer draws the same randomness each time.
 
   Args:
@@ -366,10 +382,11 @@ def finite_difference_agreement(fn, x, seed, step=FD_STEP,
     return None
   projections = [tf.random.stateless_normal(tf.shape(o), seed=[seed, 7 + n])
                  for n, o in enumerate(tf.nest.flatten(first))]
+  per_image = _keeps_batch(first, x.shape[0])
   with tf.GradientTape(watch_accessed_variables=False) as tape:
     tape.watch(x)
     with scope():
-      total = tf.reduce_sum(_per_image_total(fn(x), projections))
+      total = tf.reduce_sum(_per_image_total(fn(x), projections, per_image))
   gradient = tape.gradient(total, x)
   if gradient is None or not bool(tf.reduce_any(tf.not_equal(gradient, 0))):
     return None
@@ -377,12 +394,13 @@ def finite_difference_agreement(fn, x, seed, step=FD_STEP,
   for k in range(directions):
     v = tf.sign(tf.random.stateless_uniform(tf.shape(x), seed=[seed, 100 + k],
                                             minval=-1.0, maxval=1.0))
-    analytic.append(tf.reduce_sum(
-        tf.reshape(gradient * v, [tf.shape(x)[0], -1]), axis=1))
+    slope = tf.reshape(gradient * v, [tf.shape(x)[0], -1])
+    analytic.append(tf.reduce_sum(slope, axis=1) if per_image else
+                    tf.reshape(tf.reduce_sum(slope), [1]))
     with scope():
-      plus = _per_image_total(fn(x + step * v), projections)
+      plus = _per_image_total(fn(x + step * v), projections, per_image)
     with scope():
-      minus = _per_image_total(fn(x - step * v), projections)
+      minus = _per_image_total(fn(x - step * v), projections, per_image)
     numeric.append((plus - minus) / (2 * step))
   a = tf.concat(analytic, 0).numpy().astype(np.float64)
   f = tf.concat(numeric, 0).numpy().astype(np.float64)

@@ -130,6 +130,27 @@ class MaskedLayersTest(tf.test.TestCase):
     self.assertEqual(detect.masked_layers(wrapped, x), [])
     self.assertEqual(detect.input_gradient_status(wrapped, x), "ok")
 
+  def test_layers_that_change_the_batch_size(self):
+    # Noisy copies of each image in, their mean softmax out: the smoothed
+    # classifier's layers change the batch size (here 3 draws per image).
+    # The finite-difference check compares batch totals, and these smooth
+    # layers are not flagged.
+    from attacks.defenses import stochastic  # pylint: disable=g-import-not-at-top
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((2, 2, 1))
+    noisy = stochastic.NoiseDraws(sigma=0.1, draws=3, seed=0)(inputs)
+    hidden = keras.layers.Dense(4, activation="tanh")(
+        keras.layers.Flatten()(noisy))
+    model = keras.Model(inputs, stochastic.MeanSoftmax(draws=3)(
+        keras.layers.Dense(3)(hidden)))
+    x = images((2, 2, 1))
+    self.assertEqual(detect.masked_layers(model, x), [])
+    mean = lambda z: stochastic.MeanSoftmax(draws=3)(
+        tf.repeat(tf.reshape(tf.tanh(z), [-1, 4]), 3, axis=0))
+    cosine, scale = detect.finite_difference_agreement(mean, x, seed=0)
+    self.assertGreater(cosine, 0.99)
+    self.assertAllClose(scale, 1.0, atol=0.05)
+
   def test_nested_functional_and_sequential(self):
     inner = sequential(Function(zero_gradient, name="zero"), head(2, "dense_in"),
                        name="inner")
