@@ -83,6 +83,8 @@ class CatalogTest(tf.test.TestCase):
                                          "cifar10/resnet18_madry",
                                          "cifar10/defended_resnet18"))
       self.assertEqual(catalog.from_dict(entry.as_dict()), entry)
+      if entry.command is None:  # No surrogate trained at run time.
+        self.assertTrue(entry.surrogate, msg=entry.name)
     # The published attack on SAP (Athalye et al. Table 1) is at 0.031.
     sap = catalog.by_name("sap")
     self.assertEqual((sap.published_adaptive.value,

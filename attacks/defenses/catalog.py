@@ -427,7 +427,7 @@ ENTRIES = (
         "images (Cohen et al.: ResNet-110)",
         builder="attacks.defenses.builders:smoothed",
         builder_kwargs={"sigma": 0.25, "draws": 16},
-        overrides=CPU_RANDOMIZED,
+        overrides=CPU_RANDOMIZED, surrogate="zoo:" + UNDEFENDED,
         claimed=Figure(None, "unverified", "L2 certificate", CIFAR10,
                        "certified L2 accuracy; no L∞ 8/255 claim"),
         published_adaptive=Figure(None, "unverified: no adaptive attack at "
