@@ -147,6 +147,37 @@ def recorded_command(entry, report_root, protocol):
       entry, report_root, protocol, python="python", root=""))
 
 
+# The entry fields a built model depends on.
+BUILD_FIELDS = ("classifier", "builder", "builder_kwargs", "imports")
+
+
+def check_built_model(entry, path, root):
+  """Refuses a saved model built from other settings than `entry`'s.
+
+  A built model is reused when its entry's last run (the snapshot in
+  --report_root/entries/) had the same classifier, builder, builder
+  arguments and imports.
+
+  Raises:
+    ValueError: naming the model file and the fields that changed.
+  """
+  snapshot = os.path.join(root, ENTRIES_DIR, f"{entry.name}.json")
+  if not (os.path.exists(path) and os.path.exists(snapshot)):
+    return
+  with open(snapshot, encoding="utf-8") as f:
+    saved = json.load(f)["entry"]
+  current = json.loads(json.dumps(entry.as_dict()))  # As the snapshot has it.
+  changed = [name for name in BUILD_FIELDS
+             if saved.get(name) != current[name]]
+  if changed:
+    raise ValueError(
+        f"{path} was built with other settings than entry {entry.name!r} "
+        f"now has ({', '.join(changed)}); delete it and its report folder "
+        f"{protocol_lib.report_dir(entry, root)} to rebuild and rerun. "
+        f"Received: " + ", ".join(f"{name}={current[name]!r} (built with "
+                                  f"{saved.get(name)!r})" for name in changed))
+
+
 def run_entry(entries):
   """Builds (if needed) and evaluates --entry; returns attack_eval's status."""
   entry = catalog.by_name(FLAGS.entry, tuple(entries.values()))
@@ -163,6 +194,7 @@ def run_entry(entries):
     __import__(module)
   if entry.builder is not None:
     path = protocol_lib.model_path(entry, root)
+    check_built_model(entry, path, root)
     if not os.path.exists(path):
       spec = entry.classifier_spec()
       if not spec.startswith("zoo:") and not os.path.exists(spec):

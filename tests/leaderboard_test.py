@@ -304,6 +304,18 @@ class ProgramTest(tf.test.TestCase):
     self.assertIn("A user's blur", text)
     self.assertIn("`sap` (Stochastic", text)  # Pending, with its command.
     self.assertTrue(os.path.exists(os.path.join(work, "docs", "lb.png")))
+    # The built model is not reused for changed builder settings.
+    with open(os.path.join(work, "entries.json"), "w") as f:
+      json.dump([dict(entry, builder_kwargs={"size": 3})], f)
+    stale = subprocess.run(
+        [sys.executable, PROGRAM, "--entry=user_blur", "--budget=smoke",
+         "--report_root=runs", "--catalog=entries.json"], cwd=work,
+        env=program_env(work), capture_output=True, text=True, check=False)
+    self.assertEqual(stale.returncode, 3, msg=stale.stderr[-3000:])
+    self.assertIn("runs/models/user_blur.keras was built with other settings",
+                  stale.stderr)
+    self.assertIn("Received: builder_kwargs={'size': 3} (built with {})",
+                  stale.stderr)
     # An unfinished folder is refused, unless listed as pending.
     shutil.move(os.path.join(work, "runs", "user_blur", "report.json"),
                 os.path.join(work, "report.json"))
