@@ -28,6 +28,7 @@ from attacks.defenses.layers import FeatureSqueeze
 from attacks.defenses.layers import GaussianNoise
 from attacks.defenses.layers import ImageDefense
 from attacks.defenses.layers import Jpeg
+from attacks.defenses.layers import MedianSmoothing
 from attacks.defenses.layers import RandomResizePad
 from attacks.defenses.stochastic import MeanSoftmax
 from attacks.defenses.stochastic import NoiseDraws
@@ -35,6 +36,6 @@ from attacks.defenses.stochastic import StochasticActivationPruning
 
 __all__ = [
     "BitDepthJpeg", "FeatureSqueeze", "GaussianNoise", "ImageDefense",
-    "Jpeg", "MeanSoftmax", "NoiseDraws", "RandomResizePad",
+    "Jpeg", "MeanSoftmax", "MedianSmoothing", "NoiseDraws", "RandomResizePad",
     "StochasticActivationPruning", "builders", "layers", "stochastic",
 ]

@@ -29,6 +29,7 @@ PREPROCESSING = {
     "jpeg": layers.Jpeg,
     "gaussian_noise": layers.GaussianNoise,
     "feature_squeeze": layers.FeatureSqueeze,
+    "median_smoothing": layers.MedianSmoothing,
 }
 
 

