@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 __all__ = ["BPDA", "accepts", "bpda", "is_graph_model", "layer_paths",
-           "wrap_layers"]
+           "surrogate_of", "wrap_layers"]
 
 
 def accepts(layer, argument):
@@ -260,6 +260,24 @@ def layer_paths(model, prefix=""):
   return found
 
 
+def surrogate_of(layer):
+  """The BPDA backward pass `layer` declares, or None (identity).
+
+  A layer whose forward pass is not differentiable may name the smooth
+  function an attack differentiates instead, by a method `bpda_backward()`
+  returning it (a Keras layer or a callable x -> s(x) with the layer's
+  output shape), as `attacks.defenses.ThermometerEncoding` does.
+
+  Args:
+    layer: a Keras layer.
+
+  Returns:
+    `layer.bpda_backward()`, or None when the layer has no such method.
+  """
+  declared = getattr(layer, "bpda_backward", None)
+  return declared() if callable(declared) else None
+
+
 def wrap_layers(model, names, backward=None):
   """A new model computing `model`'s function, the named layers under BPDA.
 
@@ -273,7 +291,8 @@ def wrap_layers(model, names, backward=None):
     names: layer names or paths (`"outer/inner"` for a layer inside the
       nested model `outer`, see `layer_paths`). A bare name matches that
       layer at any depth.
-    backward: the surrogate given to every `BPDA` (None: identity).
+    backward: the surrogate given to every `BPDA`; None: each layer's own
+      (`surrogate_of`), else the identity.
 
   Returns:
     A new `keras.Model`.
@@ -315,7 +334,8 @@ def _rebuild(model, targets, backward, cache):
     if id(layer) in cache:
       return cache[id(layer)]
     if id(layer) in targets:
-      new = BPDA(layer, backward=backward)
+      new = BPDA(layer, backward=(surrogate_of(layer) if backward is None
+                                  else backward))
     elif is_graph_model(layer) and _contains(layer, targets):
       new = _rebuild(layer, targets, backward, cache)
     else:

@@ -13,8 +13,9 @@ AutoAttack's `checks.py`, acted on rather than warned about):
   is the whole model's input gradient one of the first three
   (`whole_gradient`)? The layers whose output has their input's shape are
   wrapped with identity BPDA for the white-box attacks
-  (`attacks.bpda`, Athalye et al. 2018) unless the user turns it off or
-  names the layers.
+  (`attacks.bpda`, Athalye et al. 2018), and a layer that declares its own
+  surrogate (`attacks.bpda.surrogate_of`) with that surrogate, unless the
+  user turns it off or names the layers.
 
 The answers (`ModelChecks`) go into the `Target` and the report.
 """
@@ -28,11 +29,15 @@ from attacks import detect
 from attacks import estimators
 
 __all__ = [
-    "BPDA_MODES", "ModelChecks", "RANDOMIZED", "check_model", "check_modes",
+    "BPDA_MODES", "ModelChecks", "RANDOMIZED", "SURROGATE_NOTE",
+    "check_model", "check_modes",
     "reason_text", "whole_gradient"
 ]
 
 RANDOMIZED = ("auto", "yes", "no")
+# How a `bpda_layers` reason names a layer's own surrogate backward pass
+# (`attacks.bpda.surrogate_of`); without it the backward is the identity.
+SURROGATE_NOTE = "; backward: "
 BPDA_MODES = ("auto", "off")
 
 
@@ -48,7 +53,8 @@ class ModelChecks:
     masked_layers: dict layer path -> reason (input gradient None, zero,
       not finite or shattered) of the layers and raw ops with masked input
       gradients.
-    bpda_layers: dict layer path -> why it is wrapped with identity BPDA.
+    bpda_layers: dict layer path -> why it is wrapped with BPDA (identity
+      backward, or the layer's own surrogate, named after `SURROGATE_NOTE`).
     notes: further lines for the report.
     whole_gradient: the whole model's input gradient ("ok", "none",
       "zero" or "nonfinite"; an AdversarialTransform counts as identity).
@@ -112,7 +118,8 @@ def check_model(model, x, randomized="auto", bpda="auto", seed=0,
     x: a few of the evaluation's images (the first 8 are used).
     randomized: "auto" (two inference passes disagree), "yes" or "no".
     bpda: "auto" (wrap every masked layer whose output has its input's
-      shape), "off" (wrap none), or a list of layer names to wrap.
+      shape, or that declares its own surrogate), "off" (wrap none), or a
+      list of layer names to wrap.
     seed: seed of the probes.
     step: the finite-difference step of the shattered-gradient check (an
       attack's step size).
@@ -165,7 +172,12 @@ def check_model(model, x, randomized="auto", bpda="auto", seed=0,
   elif bpda == "auto":
     layers = dict(bpda_lib.layer_paths(model))
     for path, why in masked.items():
-      if path in layers and _keeps_shape(layers[path]):
+      surrogate = (bpda_lib.surrogate_of(layers[path]) if path in layers
+                   else None)
+      if surrogate is not None:
+        wrapped[path] = (why + ", detected" + SURROGATE_NOTE +
+                         type(surrogate).__name__ + " (the layer's own)")
+      elif path in layers and _keeps_shape(layers[path]):
         wrapped[path] = why + ", detected"
       elif path in layers:
         notes.append(f"Layer {path} ({why}) changes the shape of its input: "

@@ -27,6 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from attacks import model_checks
 from attacks import records
 from attacks import sanity
 from attacks import suite
@@ -152,7 +153,11 @@ def model_check_lines(checks):
            f"{'exact' if checks['replay_exact'] else 'NOT exact'} "
            f"({checks['replay_why']})."]
   if checks["bpda_layers"]:
-    lines.append("BPDA (identity backward) applied to: " + "; ".join(
+    own = any(model_checks.SURROGATE_NOTE in why
+              for why in checks["bpda_layers"].values())
+    lines.append(("BPDA (identity backward unless a surrogate is named) "
+                  if own else "BPDA (identity backward) ") +
+                 "applied to: " + "; ".join(
         f"{name} ({why})" for name, why in checks["bpda_layers"].items()) +
                  f". The plain-gradient comparison `{suite.NO_BPDA_SPEC}` "
                  "keeps the model's own gradients.")

@@ -192,6 +192,13 @@ def run_entry(entries):
   sys.path.insert(0, os.getcwd())  # As attack_eval does for --import.
   for module in entry.imports:
     __import__(module)
+  if entry.model is not None and not entry.model.startswith("zoo:") and (
+      not os.path.exists(entry.model)):
+    raise FileNotFoundError(
+        f"Entry {entry.name!r} evaluates the model {entry.model!r}, which "
+        "does not exist" + (f"; train it with: {entry.train_command}"
+                            if entry.train_command else "")
+        + f". Received: model={entry.model!r}")
   if entry.builder is not None:
     path = protocol_lib.model_path(entry, root)
     check_built_model(entry, path, root)

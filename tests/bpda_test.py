@@ -9,6 +9,7 @@ from attacks import bpda
 from attacks import common
 from attacks import detect
 from attacks import pgd as pgd_lib
+from attacks.defenses import layers as defense_layers
 
 # y = x @ K: ∇_x Σ w · y = K w, worked out by hand in the tests.
 KERNEL = [[1.0, 2.0], [3.0, 4.0]]
@@ -280,6 +281,36 @@ class WrapLayersTest(LinearFixture):
     compressed = Jpeg()(x)
     self.assertAllEqual(input_gradient(wrapped, x, weights),
                         input_gradient(classifier, compressed, weights))
+
+  def test_a_layer_declaring_a_surrogate_gets_it_unless_one_is_given(self):
+    classifier = keras.Sequential([keras.Input((2, 2, 8)),
+                                   keras.layers.Flatten(),
+                                   keras.layers.Dense(3)])
+    encode = defense_layers.ThermometerEncoding(levels=4, name="codes")
+    model = keras.Sequential([keras.Input((2, 2, 2)), encode, classifier])
+    self.assertIsNone(bpda.surrogate_of(classifier))
+    self.assertIsInstance(bpda.surrogate_of(encode),
+                          defense_layers.SoftThermometer)
+    x = tf.random.stateless_uniform([3, 2, 2, 2], seed=[7, 8])
+    weights = tf.random.stateless_normal([3, 3], seed=[9, 10])
+    self.assertIsNone(input_gradient(model, x, weights))
+    wrapped = bpda.wrap_layers(model, ["codes"])
+    self.assertAllEqual(wrapped(x), model(x))
+    soft = defense_layers.SoftThermometer(levels=4)
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      smooth = soft(x)
+    expected = tape.gradient(smooth, x, output_gradients=input_gradient(
+        classifier, encode(x), weights))
+    # The same vector-Jacobian product, taken in two graphs: equal up to
+    # float32 rounding of sums of a few terms of size about L |w|.
+    self.assertAllClose(input_gradient(wrapped, x, weights), expected,
+                        atol=1e-6, rtol=0)
+    # An explicit backward replaces the declared one.
+    halves = bpda.wrap_layers(model, ["codes"],
+                              backward=lambda v: 0.5 * soft(v))
+    self.assertAllClose(input_gradient(halves, x, weights), 0.5 * expected,
+                        atol=1e-6, rtol=0)
 
   def test_saved_and_loaded(self):
     model = bpda.wrap_layers(quantized_linear(), ["quantize"])

@@ -1,4 +1,4 @@
-"""Tests of attacks.defenses: feature squeezing, SAP, the noise ensemble, builders, training."""
+"""Tests of attacks.defenses: squeezing, smoothing, thermometer codes, SAP, the noise ensemble, builders, training."""
 
 import os
 import tempfile
@@ -70,6 +70,110 @@ class FeatureSqueezeTest(tf.test.TestCase):
     with self.assertRaisesRegex(ValueError, "Received: median_size=9, "
                                 "input_shape"):
       layers.FeatureSqueeze(median_size=9).build((None, 8, 8, 3))
+
+
+class MedianSmoothingTest(tf.test.TestCase):
+
+  def test_matches_scipy_and_feature_squeeze_on_the_grid(self):
+    x = images(size=9)
+    for size in (1, 2, 3):
+      expected = ndimage.median_filter(x, size=(1, size, size, 1),
+                                       mode="reflect")
+      # The output is one of the input values: exact.
+      self.assertAllEqual(layers.MedianSmoothing(size=size)(x), expected)
+    # On a 5-bit grid, the squeezer is the same filter after the rounding.
+    grid = np.round(x * 31) / 31
+    self.assertAllEqual(layers.MedianSmoothing()(grid),
+                        layers.FeatureSqueeze(bits=5, median_size=2)(grid))
+
+  def test_gradient_routes_to_the_selected_pixel(self):
+    # [[a, b], [c, d]] reflected above and left: the 2 x 2 windows are
+    # (a a a a), (a b a b), (a a c c), (a b c d); each keeps its upper
+    # middle value: a, b, c, c (values distinct, so no tie).
+    x = tf.constant([[[[0.1], [0.7]], [[0.4], [0.2]]]])
+    smooth = layers.MedianSmoothing(size=2)
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      out = smooth(x)
+    self.assertAllEqual(out, np.float32([[[[0.1], [0.7]], [[0.4], [0.4]]]]))
+    self.assertAllEqual(tape.gradient(out, x),
+                        [[[[1.0], [1.0]], [[2.0], [0.0]]]])
+    self.assertFalse(layers.MedianSmoothing.randomized)
+
+  def test_bad_arguments_raise_and_config_round_trips(self):
+    with self.assertRaisesRegex(ValueError, "Received: size=0"):
+      layers.MedianSmoothing(size=0)
+    with self.assertRaisesRegex(ValueError, "Received: size=9, input_shape"):
+      layers.MedianSmoothing(size=9).build((None, 8, 8, 3))
+    smooth = layers.MedianSmoothing(size=3)
+    copy = layers.MedianSmoothing.from_config(smooth.get_config())
+    self.assertEqual(copy.size, 3)
+
+
+class ThermometerTest(tf.test.TestCase):
+
+  def test_codes_by_hand(self):
+    x = np.array([0.0, 0.2, 0.25, 0.5, 0.74, 0.76, 1.0],
+                 "float32").reshape(1, 1, 7, 1)
+    codes = layers.ThermometerEncoding(levels=4)(x).numpy().reshape(7, 4)
+    self.assertAllEqual(codes, [[1, 0, 0, 0], [1, 0, 0, 0], [1, 1, 0, 0],
+                                [1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 1, 1],
+                                [1, 1, 1, 1]])
+
+  def test_buckets_of_buckman_et_al_on_the_uint8_grid_channel_major(self):
+    # Their code: bucket floor(0.99999 * x * L), code k is 1 when k <=
+    # bucket; the same on every uint8 value. Channels stay side by side.
+    values = np.arange(256, dtype="float32") / 255
+    x = np.stack([values, values[::-1], values], -1).reshape(1, 16, 16, 3)
+    out = layers.ThermometerEncoding(levels=16)(x).numpy()
+    self.assertEqual(out.shape, (1, 16, 16, 48))
+    bucket = np.floor(0.99999 * x * 16)[..., None]
+    expected = (np.arange(16) <= bucket).astype("float32")
+    self.assertAllEqual(out, expected.reshape(1, 16, 16, 48))
+
+  def test_gradient_none_and_soft_surrogate_agrees_at_bucket_tops(self):
+    encode = layers.ThermometerEncoding(levels=8)
+    x = tf.constant(images())
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      out = encode(x)
+    self.assertIsNone(tape.gradient(out, x))
+    self.assertEqual(tuple(encode.compute_output_shape((None, 8, 8, 3))),
+                     (None, 8, 8, 24))
+    soft = encode.bpda_backward()
+    self.assertIsInstance(soft, layers.SoftThermometer)
+    # At x = k / L every code is exactly 0 or 1 on both (x in {0, ..., 1}).
+    tops = tf.constant((np.arange(9, dtype="float32") / 8).reshape(
+        1, 1, 9, 1))
+    self.assertAllEqual(soft(tops), encode(tops))
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      smooth = soft(x)
+    gradient = tape.gradient(smooth, x)
+    # d/dx of sum_k clip(L x - k + 1, 0, 1): L below (L - 1)/L, where
+    # exactly one ramp holds x; 0 above, where no code switches (the top
+    # bucket is flat in the hard encoding too).
+    expected = np.where(x.numpy() < 7 / 8, 8.0, 0.0).astype("float32")
+    self.assertAllEqual(gradient, expected)
+    self.assertAllInRange(smooth, 0.0, 1.0)
+
+  def test_bad_levels_raise_and_saved_model_reloads(self):
+    with self.assertRaisesRegex(ValueError, "Received: levels=1"):
+      layers.ThermometerEncoding(levels=1)
+    with self.assertRaisesRegex(ValueError, "Received: levels=1"):
+      layers.SoftThermometer(levels=1)
+    classifier = keras.Sequential([keras.Input((8, 8, 12)),
+                                   keras.layers.Flatten(),
+                                   keras.layers.Dense(3)])
+    model = keras.Sequential([keras.Input((8, 8, 3)),
+                              layers.ThermometerEncoding(levels=4),
+                              classifier])
+    path = os.path.join(tempfile.mkdtemp(), "thermometer.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    self.assertIsInstance(loaded.layers[0], layers.ThermometerEncoding)
+    self.assertEqual(loaded.layers[0].levels, 4)
+    self.assertAllEqual(loaded(images()), model(images()))
 
 
 class JpegTest(tf.test.TestCase):
@@ -223,13 +327,18 @@ class BuildersTest(tf.test.TestCase):
       self.assertEqual(model.predict(images(), verbose=0).shape, (4, 3))
 
 
+def tiny_training_data():
+  """64 8 x 8 images and a batched dataset labelling them by brightness."""
+  rng = np.random.RandomState(0)
+  x = rng.uniform(size=(64, 8, 8, 3)).astype("float32")
+  y = (x.mean(axis=(1, 2, 3)) > 0.5).astype("int32")
+  return x, tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
+
+
 class NoiseTrainingTest(tf.test.TestCase):
 
   def test_smoke_training_on_tiny_data_saves_the_classifier(self):
-    rng = np.random.RandomState(0)
-    x = rng.uniform(size=(64, 8, 8, 3)).astype("float32")
-    y = (x.mean(axis=(1, 2, 3)) > 0.5).astype("int32")
-    train = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
+    x, train = tiny_training_data()
     output = os.path.join(tempfile.mkdtemp(), "noisy.keras")
     classifier = noise_training.train_noise_augmented(
         "smoke", sigma=0.25, output=output, seed=0, train_data=train,
@@ -245,6 +354,21 @@ class NoiseTrainingTest(tf.test.TestCase):
       noise_training.train_noise_augmented("huge")
     with self.assertRaisesRegex(ValueError, "Received: depth=3"):
       noise_training.train_noise_augmented("smoke", depth=3)
+
+  def test_thermometer_training_on_tiny_data_saves_the_encoded_model(self):
+    x, train = tiny_training_data()
+    output = os.path.join(tempfile.mkdtemp(), "thermometer.keras")
+    model = noise_training.train_thermometer(
+        "smoke", levels=4, output=output, seed=0, train_data=train,
+        num_classes=2, input_shape=(8, 8, 3), verbose=0, width=4)
+    loaded = keras.saving.load_model(output)
+    self.assertEqual(loaded.input_shape, (None, 8, 8, 3))
+    self.assertEqual(loaded.output_shape, (None, 2))
+    self.assertIsInstance(loaded.layers[0], layers.ThermometerEncoding)
+    self.assertAllClose(loaded.predict(x, verbose=0),
+                        model.predict(x, verbose=0), atol=1e-5)
+    with self.assertRaisesRegex(ValueError, "Received: preset='huge'"):
+      noise_training.train_thermometer("huge")
 
 
 if __name__ == "__main__":

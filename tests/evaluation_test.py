@@ -21,6 +21,7 @@ from attacks import evaluation
 from attacks import model_checks
 from attacks import plan as plan_lib
 from attacks import suite
+from attacks.defenses import layers as defense_layers
 from tests import attack_properties
 
 STEP = 1 / 32  # The rounding grid: one step is about epsilon (8/255).
@@ -57,6 +58,16 @@ class Noise(keras.layers.Layer):
 
   def get_config(self):
     return super().get_config() | {"seed": self.seed}
+
+
+class TiledRounding(keras.layers.Layer):
+  """Two copies of the rounded channel: masked, and the shape changes."""
+
+  def call(self, inputs):
+    return tf.round(tf.concat([inputs, inputs], -1) / STEP) * STEP
+
+  def compute_output_shape(self, input_shape):
+    return (*input_shape[:-1], 2 * input_shape[-1])
 
 
 @tf.custom_gradient
@@ -256,6 +267,48 @@ class MaskedGradientsThatAreNotZeroTest(tf.test.TestCase):
     self.assertEqual(result.checks.bpda_layers, {})
     self.assertEqual(result.verdict, suite.SUSPECT)
     self.assertIn("masked-layers", result.report["masking_signs"])
+
+
+class ShapeChangingMaskedLayerTest(tf.test.TestCase):
+
+  def test_a_layer_with_its_own_surrogate_is_wrapped_with_it(self):
+    classifier = attack_properties.tiny_model(seed=5, shape=(4, 4, 16),
+                                              classes=3)
+    model = keras.Sequential(
+        [keras.Input((4, 4, 1)),
+         defense_layers.ThermometerEncoding(levels=16, name="thermometer")]
+        + classifier.layers)
+    x, y = own_labels(model)
+    result = run(model, x, y, ["apgd_ce_bpda_identity"])
+    why = ("input gradient None, detected; backward: SoftThermometer (the "
+           "layer's own)")
+    self.assertEqual(result.checks.masked_layers,
+                     {"thermometer": "input gradient None"})
+    self.assertEqual(result.checks.bpda_layers, {"thermometer": why})
+    self.assertEqual(list(result.checks.notes), [])
+    with open(result.paths["md"]) as f:
+      self.assertIn("BPDA (identity backward unless a surrogate is named) "
+                    f"applied to: thermometer ({why}).", f.read())
+    rows = {row["name"]: row for row in result.rows}
+    # The model's own gradient is None: only the random start moves the
+    # images without the surrogate; through it the attack succeeds.
+    # (0.75 and 0.0 here).
+    self.assertGreaterEqual(rows[suite.NO_BPDA_SPEC]["strict_accuracy"], 0.5)
+    self.assertLess(rows["apgd_ce"]["strict_accuracy"], 0.5)
+
+  def test_a_layer_without_one_is_stated_not_wrapped(self):
+    classifier = attack_properties.tiny_model(seed=5, shape=(4, 4, 2),
+                                              classes=3)
+    model = keras.Sequential([keras.Input((4, 4, 1)),
+                              TiledRounding(name="tiled")]
+                             + classifier.layers)
+    x, _ = own_labels(model)
+    checks = model_checks.check_model(model, x)
+    self.assertEqual(checks.masked_layers, {"tiled": "input gradient None"})
+    self.assertEqual(checks.bpda_layers, {})
+    self.assertIn("Layer tiled (input gradient None) changes the shape of "
+                  "its input: identity BPDA does not apply",
+                  " ".join(checks.notes))
 
 
 class PrepareTest(tf.test.TestCase):

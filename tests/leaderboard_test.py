@@ -188,6 +188,17 @@ class TableTest(tf.test.TestCase):
     self.assertEqual((row["command"], row["leaderboard_command"]),
                      ("CMD", "RERUN"))
 
+  def test_applied_names_each_layer_and_its_backward(self):
+    checks = {"randomized": False, "bpda_layers": {
+        "jpeg": "input gradient None, detected",
+        "codes": "input gradient None, detected; backward: SoftThermometer "
+                 "(the layer's own)"}}
+    self.assertEqual(table.applied(checks, {}), [
+        "identity BPDA on jpeg",
+        "BPDA on codes, backward: SoftThermometer (the layer's own)"])
+    self.assertEqual(table.applied({"randomized": False}, {}),
+                     ["plain gradients (deterministic, differentiable)"])
+
   def test_unfinished_reports_are_refused(self):
     with self.assertRaisesRegex(table.UnfinishedReport, "holds no report"):
       table.load_finished_report(tempfile.mkdtemp())
@@ -325,6 +336,16 @@ class ProgramTest(tf.test.TestCase):
         text=True, check=False)
     self.assertEqual(refused.returncode, 3)
     self.assertIn("holds no report.json", refused.stderr)
+
+  def test_a_missing_trained_model_names_its_training_command(self):
+    run = subprocess.run(
+        [sys.executable, PROGRAM, "--entry=thermometer",
+         "--report_root=runs/lb"], cwd=tempfile.mkdtemp(),
+        env=program_env(), capture_output=True, text=True, check=False)
+    self.assertEqual(run.returncode, 3, msg=run.stderr[-3000:])
+    self.assertIn("evaluates the model 'runs/leaderboard/models/"
+                  "thermometer.keras', which does not exist; train it with: "
+                  "python examples/train_thermometer.py", run.stderr)
 
   def test_full_budget_drops_overrides_and_literal_commands(self):
     for name, model in (("sap", "--model=runs/lb/models/sap.keras"),

@@ -18,7 +18,9 @@ Sources of the figures below:
     security", ICML 2018, Table 1 (checked against the table as the
     authors' repository reproduces it): Guo et al. 0% (ImageNet, L2
     0.005), Dhillon et al. 0% (CIFAR-10, L∞ 0.031), Xie et al. 0%
-    (ImageNet, L∞ 0.031), Madry et al. 47% (CIFAR-10, L∞ 0.031).
+    (ImageNet, L∞ 0.031), Buckman et al. 0% (CIFAR-10, L∞ 0.031, the
+    encoding without adversarial training), Madry et al. 47% (CIFAR-10,
+    L∞ 0.031).
   Xiao & Zheng, CVPR 2020, Table 3 (as `examples/reproduction/reference.py`
     records it): 73.4% against their strongest attack (transfer) and 80.2%
     under BPDA, CIFAR-10, L∞ 8/255; Madry et al.'s model 42.7% under PGD.
@@ -237,6 +239,7 @@ RESNET18 = "ResNet18 (half width, this package's strong_cpu preset)"
 UNDEFENDED = "cifar10/resnet18_undefended"
 MADRY = "cifar10/resnet18_madry"
 ATHALYE = ("Athalye, Carlini, Wagner, ICML 2018, Table 1")
+THERMOMETER_MODEL = "runs/leaderboard/models/thermometer.keras"
 # The background evaluations of the three published models (their exact
 # command lines).
 _BASELINE_ATTACKS = ("pgd_restarts_bpda_identity,apgd_ce_bpda_identity,"
@@ -435,6 +438,31 @@ ENTRIES = (
         footnote="The median alone, Xu et al.'s CIFAR-10 window: piecewise "
         "linear, its gradient exists almost everywhere (no BPDA needed), "
         "unlike the feature_squeeze row, which adds a 5-bit reduction."),
+    Entry(
+        name="thermometer", title="Thermometer encoding (16 levels)",
+        paper="Buckman, Roy, Raffel, Goodfellow, \"Thermometer encoding: "
+        "one hot way to resist adversarial examples\", ICLR 2018",
+        link="https://openreview.net/forum?id=S18Su--CW", venue="ICLR 2018",
+        kind="non-differentiable preprocessing", randomized=False,
+        classifier=THERMOMETER_MODEL,
+        architecture="small CNN (width 32) on 16-level thermometer codes "
+        "(Buckman et al.: a wide ResNet)",
+        model=THERMOMETER_MODEL, imports=("attacks.defenses",),
+        surrogate="zoo:" + UNDEFENDED,
+        claimed=Figure(None, "unverified", "Linf 0.031", CIFAR10,
+                       "the paper's figures are for its own wide ResNet"),
+        published_adaptive=Figure(0.0, ATHALYE + " (BPDA)", "Linf 0.031",
+                                  CIFAR10, "the encoding alone (Buckman et "
+                                  "al. also propose adversarial "
+                                  "training); same threat model"),
+        train_command=(
+            "python examples/train_thermometer.py --preset=cpu --epochs=6 "
+            "--train_examples=50000 --levels=16 "
+            f"--output={THERMOMETER_MODEL}"),
+        footnote="Trained here without adversarial training (the setting "
+        "of Athalye et al.'s 0%); the encoding has no input gradient and "
+        "changes the shape, so the evaluation differentiates the soft "
+        "thermometer Athalye et al. use (the layer declares it)."),
     Entry(
         name="randomized_smoothing",
         title="Gaussian-augmented classifier, smoothed (sigma 0.25)",

@@ -13,9 +13,11 @@ to a few percent at ε 8/255 with EOT and BPDA, as published.
 | `GaussianNoise` | (textbook randomized defense) | yes | EOT |
 | `FeatureSqueeze` | Xu, Evans, Qi 2018 | no | BPDA |
 | `MedianSmoothing` | Xu, Evans, Qi 2018 | no | gradient attacks as they are |
+| `ThermometerEncoding` | Buckman et al. 2018 | no | BPDA, soft surrogate (Athalye et al. 2018) |
 
 Every layer takes float images in [0, 1], NHWC, and returns float32 images in
-[0, 1] of the same shape; it transforms in training and in inference alike
+[0, 1] of the same shape (`ThermometerEncoding`: `levels` codes per
+channel); it transforms in training and in inference alike
 (a defense runs in `predict`: `training` is ignored). The random layers keep
 an integer `seed` in their config and draw every random number from a
 `keras.random.SeedGenerator`: two layers with the same seed give the same
@@ -36,6 +38,8 @@ References:
     input transformations", ICLR 2018.
   Xu, Evans, Qi, "Feature squeezing: detecting adversarial examples in deep
     neural networks", NDSS 2018.
+  Buckman, Roy, Raffel, Goodfellow, "Thermometer encoding: one hot way to
+    resist adversarial examples", ICLR 2018.
   Athalye, Carlini, Wagner, "Obfuscated gradients give a false sense of
     security: circumventing defenses to adversarial examples", ICML 2018.
 """
@@ -50,7 +54,8 @@ from attacks import transfer
 __all__ = [
     "BitDepthJpeg", "FeatureSqueeze", "GaussianNoise", "ImageDefense",
     "Jpeg", "LEGACY_PACKAGE", "MedianSmoothing", "PACKAGE",
-    "RandomResizePad", "median_filter", "register",
+    "RandomResizePad", "SoftThermometer", "ThermometerEncoding",
+    "median_filter", "register",
 ]
 
 PACKAGE = "attacks.defenses"
@@ -563,3 +568,111 @@ class MedianSmoothing(ImageDefense):
     config = super().get_config()
     config.update({"size": self.size})
     return config
+
+
+@register
+class ThermometerEncoding(ImageDefense):
+  """Thermometer encoding of each pixel (Buckman, Roy, Raffel, Goodfellow 2018).
+
+  Each channel value x in [0, 1] falls in the bucket b = min(floor(L·x),
+  L - 1) of L = `levels` equal buckets and becomes L binary values, the k-th
+  1 when k <= b (k = 0 ... L - 1): 0 -> [1, 0, ..., 0], 1 -> [1, ..., 1].
+  The codes of a pixel's channels are laid side by side, channel-major: an
+  image `(h, w, c)` becomes `(h, w, c·L)`. A classifier is then trained on
+  the codes (Buckman et al. use 16 levels on CIFAR-10; the discretization
+  is the defense, and it has no input gradient). On images on the uint8
+  grid the buckets equal those of Buckman et al.'s code, which scales x by
+  0.99999 before the floor.
+
+  Deterministic and not differentiable: `tf.GradientTape.gradient` of the
+  output with respect to the input is None. The output has `levels` times
+  the input's channels, so identity BPDA does not apply; `bpda_backward`
+  gives the differentiable surrogate Athalye et al. (2018) attack it with
+  (`SoftThermometer`), which `attacks.bpda.wrap_layers` and the
+  evaluation's model checks use for this layer. Athalye et al. (Table 1)
+  report 0% accuracy for the encoding alone (without the adversarial
+  training Buckman et al. also propose) on CIFAR-10 at L∞ 0.031.
+
+  Input shape: `(batch, height, width, channels)`, float in [0, 1].
+  Output shape: `(batch, height, width, channels · levels)`, float32 0 or 1.
+
+  Args:
+    levels: number of buckets L, 2 or more.
+    **kwargs: base `keras.layers.Layer` arguments.
+
+  Raises:
+    ValueError: for bad `levels`.
+  """
+
+  def __init__(self, levels=16, **kwargs):
+    super().__init__(**kwargs)
+    common.check_number("levels", levels, minimum=2, integer=True)
+    self.levels = levels
+
+  def compute_output_shape(self, input_shape):
+    return _coded_shape(input_shape, self.levels)
+
+  def defend(self, images):
+    levels = float(self.levels)
+    bucket = tf.minimum(tf.floor(tf.clip_by_value(images, 0.0, 1.0) * levels),
+                        levels - 1.0)
+    codes = tf.cast(tf.range(levels) <= bucket[..., None], tf.float32)
+    return _merge_levels(codes)
+
+  def bpda_backward(self):
+    """The differentiable surrogate of BPDA for this layer."""
+    return SoftThermometer(levels=self.levels, name=f"{self.name}_soft")
+
+  def get_config(self):
+    config = super().get_config()
+    config.update({"levels": self.levels})
+    return config
+
+
+@register
+class SoftThermometer(ThermometerEncoding):
+  """The differentiable surrogate of `ThermometerEncoding` (BPDA).
+
+  The k-th code of a value x is clip(L·x - k + 1, 0, 1): 0 up to x =
+  (k - 1)/L, a ramp to 1 at x = k/L, where the hard code switches to 1, and
+  1 after (the k = 0 code is 1 everywhere, as the hard one). Athalye et al.
+  (2018) attack the thermometer encoding through this relaxation; it is the
+  backward pass, never the forward, of an evaluation.
+
+  Input shape: `(batch, height, width, channels)`, float.
+  Output shape: `(batch, height, width, channels · levels)`, float32 in
+  [0, 1].
+
+  Args:
+    levels: number of buckets L, 2 or more.
+    **kwargs: base `keras.layers.Layer` arguments.
+
+  Raises:
+    ValueError: for bad `levels`.
+  """
+
+  def defend(self, images):
+    levels = float(self.levels)
+    return _merge_levels(tf.clip_by_value(
+        levels * images[..., None] - tf.range(levels) + 1.0, 0.0, 1.0))
+
+  def bpda_backward(self):
+    """None: the surrogate is differentiable itself."""
+    return None
+
+
+def _coded_shape(input_shape, levels):
+  """The shape of `levels` codes per channel of `input_shape`."""
+  channels = input_shape[-1]
+  return (*input_shape[:-1], None if channels is None else channels * levels)
+
+
+def _merge_levels(codes):
+  """`(b, h, w, c, L)` codes as `(b, h, w, c·L)`, channel-major."""
+  shape = tf.shape(codes)
+  merged = tf.reshape(codes, tf.concat([shape[:-2], [shape[-2] * shape[-1]]],
+                                       0))
+  static = codes.shape
+  if static[-2] is not None:
+    merged.set_shape([*static[:-2], static[-2] * static[-1]])
+  return merged

@@ -26,6 +26,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
+from attacks import model_checks
 from attacks.defenses import protocol as protocol_lib
 
 __all__ = [
@@ -97,9 +98,14 @@ def applied(checks, budget):
   if checks.get("randomized"):
     steps.append(f"EOT ({budget.get('eot_samples')} draws per gradient) and "
                  "R scoring draws")
-  if checks.get("bpda_layers"):
-    steps.append("identity BPDA on " + ", ".join(sorted(
-        checks["bpda_layers"])))
+  layers = checks.get("bpda_layers") or {}
+  identity = sorted(path for path, why in layers.items()
+                    if model_checks.SURROGATE_NOTE not in why)
+  if identity:
+    steps.append("identity BPDA on " + ", ".join(identity))
+  for path in sorted(set(layers) - set(identity)):
+    surrogate = layers[path].split(model_checks.SURROGATE_NOTE)[1]
+    steps.append(f"BPDA on {path}, backward: {surrogate}")
   return steps or ["plain gradients (deterministic, differentiable)"]
 
 
