@@ -172,11 +172,9 @@ def check_model(model, x, randomized="auto", bpda="auto", seed=0,
   elif bpda == "auto":
     layers = dict(bpda_lib.layer_paths(model))
     for path, why in masked.items():
-      surrogate = (bpda_lib.surrogate_of(layers[path]) if path in layers
-                   else None)
-      if surrogate is not None:
-        wrapped[path] = (why + ", detected" + SURROGATE_NOTE +
-                         type(surrogate).__name__ + " (the layer's own)")
+      own = _own_backward(model, path)
+      if own:
+        wrapped[path] = why + ", detected" + own
       elif path in layers and _keeps_shape(layers[path]):
         wrapped[path] = why + ", detected"
       elif path in layers:
@@ -188,11 +186,23 @@ def check_model(model, x, randomized="auto", bpda="auto", seed=0,
                      "Sequential graph, so it cannot be wrapped with BPDA.")
   elif bpda != "off":
     bpda_lib.wrap_layers(model, list(bpda))  # Raises for unknown names.
-    wrapped = {name: masked.get(name, "named by the user") for name in bpda}
+    wrapped = {name: masked.get(name, "named by the user") +
+                     _own_backward(model, name) for name in bpda}
   return ModelChecks(randomized=random, randomized_why=random_why,
                      replay_exact=exact, replay_why=exact_why,
                      masked_layers=masked, bpda_layers=wrapped,
                      notes=tuple(notes), whole_gradient=whole)
+
+
+def _own_backward(model, name):
+  """`SURROGATE_NOTE` and the surrogate the layer `name` declares, or ""."""
+  for path, layer in bpda_lib.layer_paths(model):
+    if name in (path, layer.name):
+      surrogate = bpda_lib.surrogate_of(layer)
+      if surrogate is not None:
+        return (SURROGATE_NOTE + type(surrogate).__name__ +
+                " (the layer's own)")
+  return ""
 
 
 def _keeps_shape(layer):

@@ -286,6 +286,9 @@ class ShapeChangingMaskedLayerTest(tf.test.TestCase):
                      {"thermometer": "input gradient None"})
     self.assertEqual(result.checks.bpda_layers, {"thermometer": why})
     self.assertEqual(list(result.checks.notes), [])
+    named = model_checks.check_model(model, x, bpda=["thermometer"])
+    self.assertEqual(named.bpda_layers, {"thermometer": why.replace(
+        ", detected", "")})
     with open(result.paths["md"]) as f:
       self.assertIn("BPDA (identity backward unless a surrogate is named) "
                     f"applied to: thermometer ({why}).", f.read())
