@@ -251,9 +251,12 @@ def plot_claimed_vs_measured(rows, path, title):
       names.append(r["name"])
     if xs:
       axis.errorbar(xs, ys, yerr=errors, fmt=marker, capsize=3, label=label)
+      at = {}  # Rows on the same point share one label, a name per line.
       for x, y, name in zip(xs, ys, names):
-        axis.annotate(name, (x, y), textcoords="offset points",
-                      xytext=(4, 4), fontsize=7)
+        at.setdefault((x, y), []).append(name)
+      for (x, y), together in at.items():
+        axis.annotate("\n".join(together), (x, y), textcoords="offset points",
+                      xytext=(4, 4), fontsize=7, va="bottom")
     drawn += names
   axis.set(xlabel="published figure (%)",
            ylabel="measured robust accuracy, strict (%)", xlim=(-3, 103),
@@ -308,7 +311,8 @@ def markdown(rows, pending, plot_name, regenerate_command,
       f"image; the attacks of `{' + '.join(p.attacks)}` that apply to the "
       "model; sanity reruns on every image and the doubled-budget "
       "convergence reruns. The model checks detect randomness (then EOT and "
-      "R draws) and masked gradients (then identity BPDA) on their own: the "
+      "R draws) and masked gradients (then BPDA: identity, or the surrogate "
+      "the layer declares) on their own: the "
       "\"detected\" column says what they found. A row evaluated below the "
       "reference says where in \"budget\" and its verdict marks it.",
       "",
