@@ -172,7 +172,7 @@ def check_model(model, x, randomized="auto", bpda="auto", seed=0,
   elif bpda == "auto":
     layers = dict(bpda_lib.layer_paths(model))
     for path, why in masked.items():
-      own = _own_backward(model, path)
+      own = _own_backward(layers.get(path))
       if own:
         wrapped[path] = why + ", detected" + own
       elif path in layers and _keeps_shape(layers[path]):
@@ -186,23 +186,22 @@ def check_model(model, x, randomized="auto", bpda="auto", seed=0,
                      "Sequential graph, so it cannot be wrapped with BPDA.")
   elif bpda != "off":
     bpda_lib.wrap_layers(model, list(bpda))  # Raises for unknown names.
+    paths = bpda_lib.layer_paths(model)
+    named = {layer.name: layer for _, layer in paths} | dict(paths)
     wrapped = {name: masked.get(name, "named by the user") +
-                     _own_backward(model, name) for name in bpda}
+                     _own_backward(named[name]) for name in bpda}
   return ModelChecks(randomized=random, randomized_why=random_why,
                      replay_exact=exact, replay_why=exact_why,
                      masked_layers=masked, bpda_layers=wrapped,
                      notes=tuple(notes), whole_gradient=whole)
 
 
-def _own_backward(model, name):
-  """`SURROGATE_NOTE` and the surrogate the layer `name` declares, or ""."""
-  for path, layer in bpda_lib.layer_paths(model):
-    if name in (path, layer.name):
-      surrogate = bpda_lib.surrogate_of(layer)
-      if surrogate is not None:
-        return (SURROGATE_NOTE + type(surrogate).__name__ +
-                " (the layer's own)")
-  return ""
+def _own_backward(layer):
+  """`SURROGATE_NOTE` and the surrogate `layer` declares, or "" (None: "")."""
+  surrogate = None if layer is None else bpda_lib.surrogate_of(layer)
+  if surrogate is None:
+    return ""
+  return SURROGATE_NOTE + type(surrogate).__name__ + " (the layer's own)"
 
 
 def _keeps_shape(layer):

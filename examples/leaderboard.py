@@ -178,6 +178,20 @@ def check_built_model(entry, path, root):
                                   f"{saved.get(name)!r})" for name in changed))
 
 
+def require_file(entry, field, spec):
+  """Raises FileNotFoundError for a missing file `spec` (a zoo name passes).
+
+  The message names the entry's `train_command`, when it has one.
+  """
+  if spec.startswith("zoo:") or os.path.exists(spec):
+    return
+  raise FileNotFoundError(
+      f"Entry {entry.name!r} needs its {field} {spec!r}"
+      + (f"; train it with: {entry.train_command}"
+         if entry.train_command else "")
+      + f". Received: {field}={spec!r}")
+
+
 def run_entry(entries):
   """Builds (if needed) and evaluates --entry; returns attack_eval's status."""
   entry = catalog.by_name(FLAGS.entry, tuple(entries.values()))
@@ -192,24 +206,13 @@ def run_entry(entries):
   sys.path.insert(0, os.getcwd())  # As attack_eval does for --import.
   for module in entry.imports:
     __import__(module)
-  if entry.model is not None and not entry.model.startswith("zoo:") and (
-      not os.path.exists(entry.model)):
-    raise FileNotFoundError(
-        f"Entry {entry.name!r} evaluates the model {entry.model!r}, which "
-        "does not exist" + (f"; train it with: {entry.train_command}"
-                            if entry.train_command else "")
-        + f". Received: model={entry.model!r}")
+  if entry.model is not None:
+    require_file(entry, "model", entry.model)
   if entry.builder is not None:
     path = protocol_lib.model_path(entry, root)
     check_built_model(entry, path, root)
     if not os.path.exists(path):
-      spec = entry.classifier_spec()
-      if not spec.startswith("zoo:") and not os.path.exists(spec):
-        raise FileNotFoundError(
-            f"Entry {entry.name!r} needs its classifier {spec!r}"
-            + (f"; train it with: {entry.train_command}"
-               if entry.train_command else "")
-            + f". Received: classifier={spec!r}")
+      require_file(entry, "classifier", entry.classifier_spec())
       model = entry.build_model(seed=protocol.seed)
       os.makedirs(os.path.dirname(path), exist_ok=True)
       model.save(path)

@@ -327,48 +327,41 @@ class BuildersTest(tf.test.TestCase):
       self.assertEqual(model.predict(images(), verbose=0).shape, (4, 3))
 
 
-def tiny_training_data():
-  """64 8 x 8 images and a batched dataset labelling them by brightness."""
-  rng = np.random.RandomState(0)
-  x = rng.uniform(size=(64, 8, 8, 3)).astype("float32")
-  y = (x.mean(axis=(1, 2, 3)) > 0.5).astype("int32")
-  return x, tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
+class TrainingTest(tf.test.TestCase):
 
-
-class NoiseTrainingTest(tf.test.TestCase):
-
-  def test_smoke_training_on_tiny_data_saves_the_classifier(self):
-    x, train = tiny_training_data()
-    output = os.path.join(tempfile.mkdtemp(), "noisy.keras")
-    classifier = noise_training.train_noise_augmented(
-        "smoke", sigma=0.25, output=output, seed=0, train_data=train,
-        num_classes=2, input_shape=(8, 8, 3), verbose=0, width=4)
-    loaded = keras.saving.load_model(output)
-    self.assertEqual(loaded.output_shape, (None, 2))
-    self.assertAllClose(loaded.predict(x, verbose=0),
-                        classifier.predict(x, verbose=0), atol=1e-5)
-    # The saved classifier has no noise layer: deterministic.
-    self.assertAllEqual(loaded.predict(x, verbose=0),
-                        loaded.predict(x, verbose=0))
-    with self.assertRaisesRegex(ValueError, "Received: preset='huge'"):
-      noise_training.train_noise_augmented("huge")
-    with self.assertRaisesRegex(ValueError, "Received: depth=3"):
-      noise_training.train_noise_augmented("smoke", depth=3)
-
-  def test_thermometer_training_on_tiny_data_saves_the_encoded_model(self):
-    x, train = tiny_training_data()
-    output = os.path.join(tempfile.mkdtemp(), "thermometer.keras")
-    model = noise_training.train_thermometer(
-        "smoke", levels=4, output=output, seed=0, train_data=train,
-        num_classes=2, input_shape=(8, 8, 3), verbose=0, width=4)
+  def train_and_reload(self, train, **arguments):
+    """`train` on 64 tiny images into a file; returns (images, reloaded)."""
+    rng = np.random.RandomState(0)
+    x = rng.uniform(size=(64, 8, 8, 3)).astype("float32")
+    y = (x.mean(axis=(1, 2, 3)) > 0.5).astype("int32")
+    output = os.path.join(tempfile.mkdtemp(), "trained.keras")
+    model = train("smoke", output=output, seed=0, num_classes=2,
+                  train_data=tf.data.Dataset.from_tensor_slices(
+                      (x, y)).batch(32),
+                  input_shape=(8, 8, 3), verbose=0, width=4, **arguments)
     loaded = keras.saving.load_model(output)
     self.assertEqual(loaded.input_shape, (None, 8, 8, 3))
     self.assertEqual(loaded.output_shape, (None, 2))
-    self.assertIsInstance(loaded.layers[0], layers.ThermometerEncoding)
     self.assertAllClose(loaded.predict(x, verbose=0),
                         model.predict(x, verbose=0), atol=1e-5)
     with self.assertRaisesRegex(ValueError, "Received: preset='huge'"):
-      noise_training.train_thermometer("huge")
+      train("huge")
+    with self.assertRaisesRegex(ValueError, "Received: depth=3"):
+      train("smoke", depth=3)
+    return x, loaded
+
+  def test_noise_augmented_classifier_is_saved_without_the_noise(self):
+    x, loaded = self.train_and_reload(noise_training.train_noise_augmented,
+                                      sigma=0.25)
+    # The saved classifier has no noise layer: deterministic.
+    self.assertAllEqual(loaded.predict(x, verbose=0),
+                        loaded.predict(x, verbose=0))
+
+  def test_thermometer_model_is_saved_with_its_encoding(self):
+    _, loaded = self.train_and_reload(noise_training.train_thermometer,
+                                      levels=4)
+    self.assertIsInstance(loaded.layers[0], layers.ThermometerEncoding)
+    self.assertEqual(loaded.layers[0].levels, 4)
 
 
 if __name__ == "__main__":

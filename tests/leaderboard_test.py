@@ -343,8 +343,8 @@ class ProgramTest(tf.test.TestCase):
          "--report_root=runs/lb"], cwd=tempfile.mkdtemp(),
         env=program_env(), capture_output=True, text=True, check=False)
     self.assertEqual(run.returncode, 3, msg=run.stderr[-3000:])
-    self.assertIn("evaluates the model 'runs/leaderboard/models/"
-                  "thermometer.keras', which does not exist; train it with: "
+    self.assertIn("Entry 'thermometer' needs its model 'runs/leaderboard/"
+                  "models/thermometer.keras'; train it with: "
                   "python examples/train_thermometer.py", run.stderr)
 
   def test_full_budget_drops_overrides_and_literal_commands(self):

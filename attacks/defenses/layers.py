@@ -170,6 +170,16 @@ def median_filter(images, size):
   return tf.sort(shifted, axis=0)[(size * size) // 2]
 
 
+def _check_window(layer, argument, size, input_shape):
+  """Raises ValueError when a `size` x `size` window exceeds the image."""
+  side = min(input_shape[1], input_shape[2])
+  if side is not None and size > side:
+    raise ValueError(
+        f"{type(layer).__name__} needs a median window no larger than the "
+        f"image. Received: {argument}={size}, "
+        f"input_shape={tuple(input_shape)}")
+
+
 @register
 class RandomResizePad(ImageDefense):
   """Random resizing and padding (Xie et al. 2018), scaled to small images.
@@ -494,12 +504,7 @@ class FeatureSqueeze(ImageDefense):
 
   def build(self, input_shape):
     super().build(input_shape)
-    side = min(input_shape[1], input_shape[2])
-    if side is not None and self.median_size > side:
-      raise ValueError(
-          "FeatureSqueeze needs a median window no larger than the image. "
-          f"Received: median_size={self.median_size}, "
-          f"input_shape={tuple(input_shape)}")
+    _check_window(self, "median_size", self.median_size, input_shape)
 
   def reduce_bits(self, images):
     """Bit-depth reduction: round(x · L) / L, L = 2^bits - 1, x clipped."""
@@ -555,11 +560,7 @@ class MedianSmoothing(ImageDefense):
 
   def build(self, input_shape):
     super().build(input_shape)
-    side = min(input_shape[1], input_shape[2])
-    if side is not None and self.size > side:
-      raise ValueError(
-          "MedianSmoothing needs a window no larger than the image. "
-          f"Received: size={self.size}, input_shape={tuple(input_shape)}")
+    _check_window(self, "size", self.size, input_shape)
 
   def defend(self, images):
     return median_filter(images, self.size)
