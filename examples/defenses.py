@@ -2,7 +2,8 @@ r"""Preprocessing defenses from the literature, saved in front of a classifier.
 
 The layers live in the package, `attacks.defenses.layers` (random resizing
 and padding, Xie et al. 2018; bit-depth reduction + JPEG, Guo et al. 2018;
-Gaussian noise; feature squeezing, Xu et al. 2018); this module re-exports
+JPEG; Gaussian noise; feature squeezing and median smoothing, Xu et al.
+2018); this module re-exports
 them under their first names, and importing it registers them, under
 "attacks.defenses" and under "examples.defenses", the package name that
 `.keras` files saved before the move record: `import examples.defenses` (or
@@ -54,7 +55,7 @@ ZOO_PREFIX = "zoo:"
 CHECK_BATCH = 100  # Batch size of the accuracy check: part of its draws.
 # The layer keyword each program flag sets.
 LAYER_FLAGS = ("min_size", "max_size", "bits", "quality", "sigma",
-               "median_size")
+               "median_size", "size")
 DEFENSES = builders.PREPROCESSING
 build = builders.build
 load_classifier = builders.load_classifier
@@ -151,6 +152,8 @@ def define_flags():
                      "deviation.")
   flags.DEFINE_integer("median_size", None, "feature_squeeze: side of the "
                        "median window.")
+  flags.DEFINE_integer("size", None, "median_smoothing: side of the median "
+                       "window.")
   flags.mark_flags_as_required(["defense", "output"])
 
 

@@ -330,6 +330,13 @@ class ProgramTest(tf.test.TestCase):
                            "--check_images=0", "--sigma=0.1")
     self.assertNotEqual(bad.returncode, 0)
     self.assertIn("Received: sigma=0.1", bad.stderr)
+    # The median window of median_smoothing is --size.
+    median = self.run_program("--defense=median_smoothing",
+                              f"--classifier={classifier}",
+                              f"--output={output}", "--check_images=0",
+                              "--size=3")
+    self.assertEqual(median.returncode, 0, msg=median.stderr[-3000:])
+    self.assertEqual(keras.saving.load_model(output).layers[0].size, 3)
 
 
 if __name__ == "__main__":
